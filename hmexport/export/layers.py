@@ -1,0 +1,161 @@
+"""Standard-ONNX building blocks of a hybrid decoder: norms, linears, MLPs, MoE, attention, Mamba.
+
+Each function takes tensor names, emits nodes into a Graph and returns the names it made. Linear
+weights are stored (in, out) so a MatMul takes them directly; the float ordering of each step
+follows transformers' PyTorch path so fp32 results agree to ~1e-6.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from onnx import TensorProto, helper
+
+from ..models.spec import AttentionSpec, LayerSpec, MambaSpec
+from .graph import Graph
+
+NEG_INF = np.float32(-3.4028234663852886e38)
+
+
+def rms_norm(g: Graph, x: str, weight: np.ndarray, name: str, eps: float) -> str:
+    """x / sqrt(mean(x^2) + eps) * w: the pattern onnxruntime fuses into SimplifiedLayerNormalization."""
+    with g.scope(name.rsplit(".", 1)[-1] if "." in name else name):
+        var = g.op("ReduceMean", [g.op("Pow", [x, g.const(2.0)]), g.const([-1])], keepdims=1)
+        denom = g.op("Sqrt", [g.op("Add", [var, g.const(eps)])])
+        return g.op("Mul", [g.op("Div", [x, denom]), g.weight(f"{name}.weight", weight)])
+
+
+def linear(g: Graph, x: str, w: dict[str, np.ndarray], name: str, op_name: str | None = None) -> str:
+    """x @ W^T (+ b) for an nn.Linear weight W stored (out, in) in the checkpoint."""
+    y = g.op("MatMul", [x, g.weight(f"{name}.weight", np.ascontiguousarray(w[f"{name}.weight"].T))], name=op_name or name.rsplit(".", 1)[-1])
+    if f"{name}.bias" in w:
+        y = g.op("Add", [y, g.weight(f"{name}.bias", w[f"{name}.bias"])], name=f"{op_name or name.rsplit('.', 1)[-1]}_bias")
+    return y
+
+
+def silu(g: Graph, x: str) -> str:
+    return g.op("Mul", [x, g.op("Sigmoid", [x])], name="silu")
+
+
+def dense_mlp(g: Graph, h: str, w: dict[str, np.ndarray], p: str) -> str:
+    """down(silu(gate(h)) * up(h))   # (B, L, D)"""
+    with g.scope("mlp"):
+        act = g.op("Mul", [silu(g, linear(g, h, w, f"{p}.gate_proj")), linear(g, h, w, f"{p}.up_proj")])
+        return linear(g, act, w, f"{p}.down_proj")
+
+
+def moe_mlp(g: Graph, h: str, w: dict[str, np.ndarray], p: str, layer: LayerSpec, D: int) -> str:
+    """Top-k of a softmax router over E experts, every expert computed densely.
+
+    ```
+    h (B,L,D) -> router -> softmax -> TopK -> scatter into (T,E) weights (zeros elsewhere)
+    h -> (1,T,D) @ gate/up (E,D,F) -> silu*up -> @ down (E,F,D) -> (E,T,D) * weights -> sum over E
+    ```
+    Unselected experts get weight 0, so the sum equals transformers' sparse sum exactly.
+    """
+    with g.scope("moe"):
+        tokens = g.op("Reshape", [h, g.const([-1, D])])  # (T, D)
+        logits = g.op("MatMul", [tokens, g.weight(f"{p}.router.weight", np.ascontiguousarray(w[f"{p}.router.weight"].T))], name="router")
+        probs = g.op("Softmax", [logits], axis=-1)  # (T, E)
+        top_w, top_i = g.op("TopK", [probs, g.const([layer.top_k])], n_out=2, axis=-1, largest=1, sorted=1)
+        route = g.op("ScatterElements", [g.op("Mul", [probs, g.const(0.0)]), top_i, top_w], axis=-1)  # (T, E)
+        x3 = g.op("Unsqueeze", [tokens, g.const([0])])  # (1, T, D)
+        stacked = {k: np.ascontiguousarray(np.transpose(w[f"{p}.experts.{k}"], (0, 2, 1))) for k in ("gate_proj", "up_proj", "down_proj")}
+        gate = g.op("MatMul", [x3, g.weight(f"{p}.experts.gate_proj", stacked["gate_proj"])], name="experts_gate")  # (E, T, F)
+        up = g.op("MatMul", [x3, g.weight(f"{p}.experts.up_proj", stacked["up_proj"])], name="experts_up")
+        out = g.op("MatMul", [g.op("Mul", [silu(g, gate), up]), g.weight(f"{p}.experts.down_proj", stacked["down_proj"])], name="experts_down")
+        weights = g.op("Unsqueeze", [g.op("Transpose", [route], perm=[1, 0]), g.const([-1])])  # (E, T, 1)
+        y = g.op("ReduceSum", [g.op("Mul", [out, weights]), g.const([0])], keepdims=0)  # (T, D)
+        return g.op("Reshape", [y, g.op("Shape", [h])])
+
+
+def attention(g: Graph, h: str, w: dict[str, np.ndarray], p: str, a: AttentionSpec, past_k: str, past_v: str) -> tuple[str, str, str]:
+    """Causal GQA attention over the past K/V (time-major) and this chunk; no positional encoding.
+
+    ```
+    q (B,L,H*Dh) -> (B,Hkv,G*L,Dh);  k,v new (B,L,Hkv,Dh) -> returned as the new rows
+    K = concat(past_k, k) (B,P+L,Hkv,Dh) -> (B,Hkv,Dh,T);  scores (B,Hkv,G*L,T), row r sees j <= P + r % L
+    ```
+    Returns (output (B,L,D), new key rows, new value rows).
+    """
+    Hkv, G, Dh = a.num_kv_heads, a.num_heads // a.num_kv_heads, a.head_dim
+    q = linear(g, h, w, f"{p}.q_proj")
+    k_new = g.op("Reshape", [linear(g, h, w, f"{p}.k_proj"), g.const([0, 0, Hkv, Dh])], name="k_rows")  # (B, L, Hkv, Dh)
+    v_new = g.op("Reshape", [linear(g, h, w, f"{p}.v_proj"), g.const([0, 0, Hkv, Dh])], name="v_rows")
+    q = g.op("Reshape", [q, g.const([0, 0, Hkv, G, Dh])])
+    q = g.op("Reshape", [g.op("Transpose", [q], perm=[0, 2, 3, 1, 4]), g.const([0, 0, -1, Dh])])  # (B, Hkv, G*L, Dh)
+    keys = g.op("Transpose", [g.op("Concat", [past_k, k_new], axis=1)], perm=[0, 2, 3, 1])  # (B, Hkv, Dh, T)
+    values = g.op("Transpose", [g.op("Concat", [past_v, v_new], axis=1)], perm=[0, 2, 1, 3])  # (B, Hkv, T, Dh)
+    scores = g.op("Mul", [g.op("MatMul", [q, keys]), g.const(float(Dh) ** -0.5)])  # (B, Hkv, G*L, T)
+    with g.scope("causal_mask"):
+        P = g.op("Gather", [g.op("Shape", [past_k]), g.const(1)], axis=0)
+        L = g.op("Gather", [g.op("Shape", [h]), g.const(1)], axis=0)
+        T = g.op("Add", [P, L])
+        rows = g.op("Tile", [g.op("Range", [g.const(0), L, g.const(1)]), g.op("Unsqueeze", [g.const(G), g.const([0])])])  # (G*L,)
+        limit = g.op("Unsqueeze", [g.op("Add", [rows, P]), g.const([1])])  # (G*L, 1)
+        cols = g.op("Range", [g.const(0), T, g.const(1)])  # (T,)
+        visible = g.op("LessOrEqual", [cols, limit])  # (G*L, T)
+    probs = g.op("Softmax", [g.op("Where", [visible, scores, g.const(NEG_INF)])], axis=-1)
+    ctx = g.op("MatMul", [probs, values])  # (B, Hkv, G*L, Dh)
+    ctx = g.op("Reshape", [ctx, g.const([0, 0, G, -1, Dh])])  # (B, Hkv, G, L, Dh)
+    ctx = g.op("Reshape", [g.op("Transpose", [ctx], perm=[0, 3, 1, 2, 4]), g.const([0, 0, -1])])  # (B, L, H*Dh)
+    return linear(g, ctx, w, f"{p}.o_proj"), k_new, v_new
+
+
+def mamba_mixer(g: Graph, h: str, w: dict[str, np.ndarray], p: str, m: MambaSpec, eps: float, conv_state: str, ssm_state: str) -> tuple[str, str, str]:
+    """Mamba-1 with explicit state. Returns (output (B,L,D), conv window out, SSM state out).
+
+    ```
+    h -> in_proj -> x, z (B,L,Di)
+    x -> [conv_state | x^T] (B,Di,W-1+L) -> depthwise conv (valid) -> silu -> u (B,L,Di); last W-1 columns -> conv state out
+    u -> x_proj -> dt (R), B, C (N) [-> RMS norms for Jamba] ; dt -> dt_proj + bias -> softplus (B,L,Di)
+    dA = exp(dt*A), dBu = dt*B*u (B,L,Di,N) -> Scan over L: s = dA*s + dBu ; y = s @ C
+    y + u*D -> * silu(z) -> out_proj
+    ```
+    """
+    Di, N, W, R = m.d_inner, m.d_state, m.d_conv, m.dt_rank
+    x, z = g.op("Split", [linear(g, h, w, f"{p}.in_proj"), g.const([Di, Di])], n_out=2, axis=-1)
+    with g.scope("conv1d"):
+        window = g.op("Concat", [conv_state, g.op("Transpose", [x], perm=[0, 2, 1])], axis=2)  # (B, Di, W-1+L)
+        conv_out_state = g.op("Slice", [window, g.const([-(W - 1)]), g.const([np.iinfo(np.int64).max]), g.const([2])])
+        conv_w = g.weight(f"{p}.conv1d.weight", np.ascontiguousarray(w[f"{p}.conv1d.weight"].reshape(Di, 1, W)))
+        conv_in = [window, conv_w] + ([g.weight(f"{p}.conv1d.bias", w[f"{p}.conv1d.bias"])] if f"{p}.conv1d.bias" in w else [])
+        u = g.op("Transpose", [silu(g, g.op("Conv", conv_in, group=Di, kernel_shape=[W]))], perm=[0, 2, 1])  # (B, L, Di)
+    dt, B, C = g.op("Split", [linear(g, u, w, f"{p}.x_proj"), g.const([R, N, N])], n_out=3, axis=-1)
+    if m.dt_bc_norm:
+        dt = rms_norm(g, dt, w[f"{p}.dt_norm.weight"], f"{p}.dt_norm", eps)
+        B = rms_norm(g, B, w[f"{p}.b_norm.weight"], f"{p}.b_norm", eps)
+        C = rms_norm(g, C, w[f"{p}.c_norm.weight"], f"{p}.c_norm", eps)
+    with g.scope("dt_proj"):
+        dt = g.op("MatMul", [dt, g.weight(f"{p}.dt_proj.weight", np.ascontiguousarray(w[f"{p}.dt_proj.weight"].T))])
+        dt = g.op("Softplus", [g.op("Add", [dt, g.weight(f"{p}.dt_proj.bias", w[f"{p}.dt_proj.bias"])])])  # (B, L, Di)
+    with g.scope("discretize"):
+        A = g.op("Neg", [g.op("Exp", [g.weight(f"{p}.A_log", w[f"{p}.A_log"])])])  # (Di, N)
+        dt4 = g.op("Unsqueeze", [dt, g.const([-1])])  # (B, L, Di, 1)
+        dA = g.op("Exp", [g.op("Mul", [dt4, A])])  # (B, L, Di, N)
+        dB = g.op("Mul", [dt4, g.op("Unsqueeze", [B, g.const([2])])])
+        dBu = g.op("Mul", [dB, g.op("Unsqueeze", [u, g.const([-1])])])
+    y, ssm_out_state = _selective_scan(g, ssm_state, dA, dBu, C)
+    with g.scope("gate"):
+        y = g.op("Add", [y, g.op("Mul", [u, g.weight(f"{p}.D", w[f"{p}.D"])])])
+        y = g.op("Mul", [y, silu(g, z)])
+    return linear(g, y, w, f"{p}.out_proj"), conv_out_state, ssm_out_state
+
+
+def _selective_scan(g: Graph, state: str, dA: str, dBu: str, C: str) -> tuple[str, str]:
+    """ONNX Scan over axis 1 (time): s = dA_t * s + dBu_t ; y_t = s @ C_t. Returns (y (B,L,Di), final s)."""
+    f = TensorProto.FLOAT
+    body = helper.make_graph(
+        [
+            helper.make_node("Mul", ["dA_t", "s_in"], ["decayed"]),
+            helper.make_node("Add", ["decayed", "dBu_t"], ["s_out"]),
+            helper.make_node("Unsqueeze", ["C_t", "axis_last"], ["C_col"]),
+            helper.make_node("MatMul", ["s_out", "C_col"], ["y_col"]),
+            helper.make_node("Squeeze", ["y_col", "axis_last"], ["y_t"]),
+        ],
+        "selective_scan_step",
+        [helper.make_tensor_value_info(n, f, None) for n in ("s_in", "dA_t", "dBu_t", "C_t")],
+        [helper.make_tensor_value_info("s_out", f, None), helper.make_tensor_value_info("y_t", f, None)],
+        initializer=[helper.make_tensor("axis_last", TensorProto.INT64, [1], [-1])],
+    )
+    return g.op("Scan", [state, dA, dBu, C], n_out=2, name="selective_scan", body=body, num_scan_inputs=3,
+                scan_input_axes=[1, 1, 1], scan_output_axes=[1])[::-1]

@@ -1,0 +1,53 @@
+"""Graphs -> .onnx files whose weights live once in a shared safetensors file (external data)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto
+
+from ..bundle.manifest import GraphInfo, TensorInfo
+from ..bundle.weights import write_safetensors
+from .graph import ELEM, Graph, make_model
+
+WEIGHTS_FILE = "weights.safetensors"
+_DTYPE_NAMES = {TensorProto.FLOAT: "float32", TensorProto.FLOAT16: "float16", TensorProto.INT64: "int64", TensorProto.INT32: "int32"}
+
+
+def write_graphs(root: Path, graphs: list[Graph]) -> dict[str, GraphInfo]:
+    """Write every graph as ``<name>.onnx`` plus one weights file holding each weight once."""
+    shared: dict[str, np.ndarray] = {}
+    for g in graphs:
+        for name, value in g.weights.items():
+            if name in shared and not (shared[name] is value or np.array_equal(shared[name], value)):
+                raise ValueError(f"weight {name!r} differs between graphs")
+            shared[name] = value
+    spans = write_safetensors(root / WEIGHTS_FILE, shared)
+    infos = {}
+    for g in graphs:
+        refs = [_external(name, shared[name], *spans[name]) for name in sorted(g.weights)]
+        model = make_model(g, refs)
+        path = root / f"{g.name}.onnx"
+        onnx.save_model(model, str(path))
+        onnx.checker.check_model(str(path), full_check=True)
+        infos[g.name] = GraphInfo(file=path.name, inputs=_infos(model.graph.input), outputs=_infos(model.graph.output))
+    return infos
+
+
+def _external(name: str, value: np.ndarray, offset: int, length: int) -> onnx.TensorProto:
+    t = onnx.TensorProto(name=name, data_type=ELEM[value.dtype], dims=list(value.shape))
+    t.data_location = onnx.TensorProto.EXTERNAL
+    for key, val in (("location", WEIGHTS_FILE), ("offset", str(offset)), ("length", str(length))):
+        entry = t.external_data.add()
+        entry.key, entry.value = key, val
+    return t
+
+
+def _infos(values) -> list[TensorInfo]:
+    out = []
+    for v in values:
+        dims = [d.dim_param if d.dim_param else d.dim_value for d in v.type.tensor_type.shape.dim]
+        out.append(TensorInfo(name=v.name, dtype=_DTYPE_NAMES[v.type.tensor_type.elem_type], shape=dims))
+    return out
