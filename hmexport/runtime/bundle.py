@@ -1,0 +1,88 @@
+"""A loaded bundle: verified manifest, weights mapped once, one onnxruntime session per graph.
+
+Every graph's initializers live in one safetensors file. It is memory-mapped once and each tensor
+handed to every session with ``SessionOptions.add_initializer``, so graphs that use the same
+weight (the embedding table of a tied head) read the same bytes, and sessions created from one
+Bundle share all weights.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from ..bundle.io import read_manifest, resolve
+from ..bundle.manifest import Manifest
+from ..bundle.weights import load_safetensors
+from ..errors import BundleError, InputError
+
+
+class Bundle:
+    def __init__(self, root: Path, manifest: Manifest, sessions: dict[str, ort.InferenceSession], weights: dict[str, np.ndarray], tokenizer) -> None:
+        self.root = root
+        self.manifest = manifest
+        self.sessions = sessions
+        self.weights = weights  # read-only views of the mapped weights file; keep alive with the sessions
+        self.tokenizer = tokenizer
+
+    @classmethod
+    def open(cls, path: str | Path, *, verify: bool = True, threads: int | None = None) -> "Bundle":
+        root = Path(path)
+        manifest = read_manifest(root, verify=verify)
+        _check_ops(manifest)
+        weights = load_safetensors(resolve(root, manifest.weights))
+        values = {name: ort.OrtValue.ortvalue_from_numpy(np.asarray(arr)) for name, arr in weights.items()}
+        sessions = {}
+        for name, info in manifest.graphs.items():
+            options = ort.SessionOptions()
+            if threads:
+                options.intra_op_num_threads = threads
+            for key, value in values.items():
+                options.add_initializer(key, value)
+            try:
+                sessions[name] = ort.InferenceSession(str(resolve(root, info.file)), options, providers=["CPUExecutionProvider"])
+            except Exception as exc:  # onnxruntime raises its own exception types
+                raise BundleError(f"{root / info.file}: onnxruntime could not load the graph: {exc}") from None
+        bundle = cls(root, manifest, sessions, weights, _load_tokenizer(root, manifest))
+        bundle._ort_values = values  # the sessions borrow these buffers
+        return bundle
+
+    def session(self, **kwargs):
+        from .session import Session
+
+        return Session(self, **kwargs)
+
+    def encode(self, text: str) -> list[int]:
+        if self.tokenizer is None:
+            raise InputError(f"{self.root}: this bundle has no tokenizer (its checkpoint had no tokenizer.json); pass token ids with --input-ids instead of --prompt")
+        return self.tokenizer.encode(text).ids
+
+    def decode(self, ids: list[int]) -> str:
+        if self.tokenizer is None:
+            return ""
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def _check_ops(manifest: Manifest) -> None:
+    needed = sorted({op for g in manifest.graphs.values() for op in g.ops})
+    if needed:
+        raise BundleError(f"bundle needs custom op domains {', '.join(needed)}, which this runtime does not provide; rebuild with standard ops")
+
+
+def _load_tokenizer(root: Path, manifest: Manifest):
+    if manifest.tokenizer is None:
+        return None
+    from tokenizers import Tokenizer
+
+    path = resolve(root, manifest.tokenizer.file)
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as exc:  # tokenizers raises a plain Exception subclass
+        raise BundleError(f"{path}: could not load the tokenizer: {exc}") from None
+
+
+def default_threads() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

@@ -1,0 +1,120 @@
+"""One conversation on a loaded Bundle: its own State, chunked prefill, single-token decode.
+
+Sessions on one Bundle share the onnxruntime sessions (and so the weights), never state.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from ..errors import InputError
+from .generate import SamplingParams, generate_tokens
+from .state import State
+
+_F32 = np.float32
+
+
+class Session:
+    def __init__(self, bundle, *, max_tokens: int | None = None, chunk: int | None = None, state: State | None = None) -> None:
+        limits = bundle.manifest.limits
+        if max_tokens is not None and not 1 <= max_tokens <= limits.max_tokens:
+            raise InputError(f"max_tokens: expected 1..{limits.max_tokens} (the bundle's limit), got {max_tokens}")
+        if chunk is not None and chunk < 1:
+            raise InputError(f"chunk: expected a positive chunk length, got {chunk}")
+        self.bundle = bundle
+        self.chunk = chunk or limits.prefill_chunk
+        self.state = state or State.allocate(bundle.manifest, max_tokens or limits.max_tokens)
+        self._embed = bundle.sessions["embed"]
+        self._decoder = bundle.sessions["decoder"]
+        self._binding = self._decoder.io_binding()
+        self._vocab = int(self._decoder.get_outputs()[0].shape[-1])
+        self._keep_one = np.ones(1, np.int64)
+        self._logits_one = np.zeros((1, 1, self._vocab), _F32)
+        self._row_bytes = {t.name: int(np.prod(t.shape)) * 4 for t in self.state.tensors if t.kind == "kv"}
+
+    @property
+    def length(self) -> int:
+        return self.state.length
+
+    def embed(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Token ids -> (1, L, D) embeddings (the embed graph)."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(1, -1)
+        vocab = self._vocab
+        if ids.size and (ids.min() < 0 or ids.max() >= vocab):
+            bad = int(ids[(ids < 0) | (ids >= vocab)][0])
+            raise InputError(f"token id {bad} is out of range: expected 0..{vocab - 1} (the model's vocabulary)")
+        return self._embed.run(None, {"input_ids": ids})[0]
+
+    def check_room(self, n: int) -> None:
+        if self.state.length + n > self.state.max_tokens:
+            raise InputError(
+                f"{n} more tokens do not fit: {self.state.length} already in context + {n} > max_tokens {self.state.max_tokens}; "
+                f"shorten the prompt or rebuild the bundle with a larger --max-tokens"
+            )
+
+    def forward(self, embeds: np.ndarray, keep: int = 1) -> np.ndarray:
+        """Run one decoder call on (1, L, D) embeddings; returns logits (1, keep, V) and advances the state."""
+        x = np.ascontiguousarray(embeds, dtype=_F32)
+        L, P = x.shape[1], self.state.length
+        self.check_room(L)
+        b, st = self._binding, self.state
+        b.bind_input("inputs_embeds", "cpu", 0, _F32, x.shape, x.ctypes.data)
+        keep_arr = self._keep_one if keep == 1 else np.array([keep], np.int64)
+        b.bind_input("logits_to_keep", "cpu", 0, np.int64, keep_arr.shape, keep_arr.ctypes.data)
+        for t in st.tensors:
+            if t.kind == "recurrent":
+                cur, nxt = st.recurrent[t.name], st.spare[t.name]
+                b.bind_input(t.name, "cpu", 0, _F32, cur.shape, cur.ctypes.data)
+                b.bind_output(t.output, "cpu", 0, _F32, nxt.shape, nxt.ctypes.data)
+            else:  # K/V: the filled prefix in, the new rows written in place after it
+                buf, row = st.kv[t.name], t.shape
+                b.bind_input(t.name, "cpu", 0, _F32, (1, P, *row), buf.ctypes.data)
+                b.bind_output(t.output, "cpu", 0, _F32, (1, L, *row), buf.ctypes.data + P * self._row_bytes[t.name])
+        logits = self._logits_one if keep == 1 else np.zeros((1, keep, self._vocab), _F32)
+        b.bind_output("logits", "cpu", 0, _F32, logits.shape, logits.ctypes.data)
+        self._decoder.run_with_iobinding(b)
+        st.swap()
+        st.length += L
+        return logits
+
+    def prefill_embeds(self, embeds: np.ndarray, chunk: int | None = None, keep: int = 1) -> np.ndarray:
+        """Feed (1, T, D) embeddings in chunks, state carried across; logits of the last ``keep`` positions."""
+        T = embeds.shape[1]
+        if T == 0:
+            raise InputError("the prompt is empty: give at least one token")
+        self.check_room(T)
+        step = chunk or self.chunk
+        parts = []
+        for start in range(0, T, step):
+            end = min(start + step, T)
+            want = max(0, keep - (T - end))  # positions of this chunk among the last ``keep``
+            out = self.forward(embeds[:, start:end], keep=min(max(want, 1), end - start))
+            if want:
+                parts.append(out[:, -want:].copy())
+        return np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
+
+    def prefill(self, ids: Sequence[int], chunk: int | None = None) -> np.ndarray:
+        """Prompt ids -> logits (V,) of the last position."""
+        self.check_room(len(ids))
+        return self.prefill_embeds(self.embed(ids), chunk)[0, -1]
+
+    def decode(self, token: int) -> np.ndarray:
+        """One token in -> logits (V,) for the next."""
+        return self.forward(self.embed([token]))[0, -1]
+
+    def generate(self, prompt: Sequence[int] | str, params: SamplingParams | None = None, **kwargs) -> Iterator[int]:
+        """Stream new token ids: prefill the prompt, then sample and decode until a stop id or the budget."""
+        ids = self.bundle.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        params = params or SamplingParams(**kwargs)
+        if params.stop_ids is None:
+            params = params.replace(stop_ids=tuple(self.bundle.manifest.generation.eos_token_ids))
+        self.check_room(len(ids) + max(params.max_new_tokens - 1, 0))
+        return generate_tokens(self, ids, params)
+
+    def fork(self) -> "Session":
+        return Session(self.bundle, max_tokens=self.state.max_tokens, chunk=self.chunk, state=self.state.fork())
+
+    def reset(self) -> None:
+        self.state.reset()
