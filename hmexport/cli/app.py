@@ -1,0 +1,164 @@
+"""The ``hmexport`` command. Each command parses, calls one library function, prints.
+
+Results go to stdout (``--json`` for machines); progress and logs to stderr. Heavy imports happen
+inside commands so ``hmexport --help`` is instant. User errors print as one line (``--debug`` for
+the traceback).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..errors import HmexportError
+from .ui import console, err_console, progress_factory
+
+app = typer.Typer(
+    name="hmexport",
+    help="Export hybrid Mamba + attention (+ MoE) LLMs to ONNX bundles and run them without torch.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+_state = {"debug": False}
+
+BundleArg = Annotated[Path, typer.Argument(help="Bundle directory (written by `hmexport build`).", show_default=False)]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+
+
+@app.callback()
+def _main(debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False) -> None:
+    _state["debug"] = debug
+
+
+@app.command(epilog="Examples:\n\n  hmexport build jamba-tiny --out bundles/jamba-tiny\n\n  hmexport build ./my-jamba-checkpoint --out bundles/my-jamba --max-tokens 8192 --chunk 512")
+def build(
+    source: Annotated[str, typer.Argument(help="Checkpoint directory (config.json + *.safetensors) or a preset name (see `hmexport presets`).", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Bundle directory to create.", show_default=False)],
+    max_tokens: Annotated[int, typer.Option(help="Context limit: K/V buffers are sized for this many tokens.")] = 4096,
+    chunk: Annotated[int, typer.Option(help="Default prefill chunk length (tokens per decoder call).")] = 256,
+    validate: Annotated[bool, typer.Option("--validate/--no-validate", help="Check logits and greedy tokens against transformers (needs torch).")] = True,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing bundle at --out.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Export a checkpoint to an ONNX bundle: embed + decoder graphs, weights, tokenizer, manifest."""
+    from ..export.build import BuildOptions, build as run_build
+
+    manifest = run_build(source, out, BuildOptions(max_tokens=max_tokens, chunk=chunk, validate=validate, overwrite=overwrite), progress_factory())
+    if as_json:
+        print(json.dumps({"bundle": str(out), "validation": manifest.validation, "files": {k: v.bytes for k, v in manifest.files.items()}}))
+        return
+    console.print(f"[green]built[/green] {out}  ({sum(f.bytes for f in manifest.files.values()) / 1e6:.1f} MB)")
+    if manifest.validation:
+        diffs = ", ".join(f"{g} {d:.2e}" for g, d in manifest.validation["max_abs_diff"].items())
+        console.print(f"validation passed: max abs diff {diffs}; greedy tokens identical")
+
+
+@app.command(epilog="Examples:\n\n  hmexport run bundles/jamba-tiny --prompt 'The weather today' --max-new-tokens 32\n\n  hmexport run bundles/jamba-tiny --input-ids 1,17,42 --ignore-eos --json")
+def run(
+    bundle: BundleArg,
+    prompt: Annotated[Optional[str], typer.Option(help="Prompt text (needs the bundle's tokenizer).")] = None,
+    input_ids: Annotated[Optional[str], typer.Option("--input-ids", help="Prompt as comma-separated token ids.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Most tokens to generate.")] = 64,
+    ignore_eos: Annotated[bool, typer.Option(help="Do not stop at end-of-sequence tokens.")] = False,
+    temperature: Annotated[float, typer.Option(help="0 = greedy; > 0 samples.")] = 0.0,
+    top_k: Annotated[int, typer.Option(help="Sample among the k most likely tokens (0 = all).")] = 0,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling mass.")] = 1.0,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed for sampling.")] = None,
+    chunk: Annotated[Optional[int], typer.Option(help="Prefill chunk length (default: the bundle's).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Generate from a bundle; tokens stream to the terminal as they come (greedy unless sampling options are given)."""
+    from ..runtime.cli import run_prompt
+
+    result = run_prompt(bundle, prompt=prompt, input_ids=input_ids, max_new_tokens=max_new_tokens, ignore_eos=ignore_eos,
+                        temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, chunk=chunk, stream=None if as_json else sys.stdout)
+    if as_json:
+        print(json.dumps(result))
+    else:
+        print()
+        err_console.print(f"[dim]{len(result['token_ids'])} tokens; prefill {result['prefill_tok_s']:.0f} tok/s, decode {result['decode_tok_s']:.1f} tok/s[/dim]")
+
+
+@app.command(epilog="Example:\n\n  hmexport inspect bundles/jamba-tiny")
+def inspect(bundle: BundleArg, as_json: JsonOpt = False) -> None:
+    """Show a bundle's manifest: graphs, state layout, bytes per token and per layer, file sizes."""
+    from ..bundle.inspect import describe, render
+
+    info = describe(bundle)
+    print(json.dumps(info, indent=2) if as_json else render(info))
+
+
+@app.command(epilog="Example:\n\n  hmexport validate bundles/jamba-tiny --reference ~/.cache/hmexport/presets/jamba-tiny")
+def validate(
+    bundle: BundleArg,
+    reference: Annotated[Optional[Path], typer.Option(help="Checkpoint directory of the reference (default: the source recorded in the manifest).")] = None,
+    new_tokens: Annotated[int, typer.Option(help="Greedy tokens compared per prompt.")] = 16,
+    as_json: JsonOpt = False,
+) -> None:
+    """Compare every graph's outputs and greedy generation with the transformers model; non-zero exit on failure."""
+    from ..bundle.io import read_manifest
+    from ..export.validate import validate as run_validate
+
+    ref = reference or Path(read_manifest(bundle).provenance.source)
+    report = run_validate(bundle, ref, new_tokens=new_tokens, progress=progress_factory())
+    if as_json:
+        print(report.dumps())
+    else:
+        for check in report.checks:
+            chunk = check["chunk"] or "whole"
+            console.print(f"{check['graph']:8s} prompt {check['prompt_len']:4d} chunk {chunk!s:>5s}  max abs diff {check['max_abs_diff']:.2e}")
+        for g in report.generation:
+            console.print(f"greedy   prompt {g['prompt_len']:4d}  {len(g['runtime'])} tokens  {'identical' if g['match'] else 'DIFFER at ' + str(g['first_mismatch'])}")
+        verdict = "[green]passed[/green]" if report.passed else "[red]FAILED[/red]"
+        console.print(f"{verdict} (tolerance {report.tolerance:g} on logits)")
+    report.raise_if_failed(str(bundle))
+
+
+@app.command(epilog="Example:\n\n  hmexport bench bundles/jamba-small --reference ~/.cache/hmexport/presets/jamba-small")
+def bench(
+    bundle: BundleArg,
+    reference: Annotated[Optional[Path], typer.Option(help="Checkpoint directory of the reference (default: the manifest's source).")] = None,
+    prompt_tokens: Annotated[int, typer.Option(help="Prompt length for the prefill measurement.")] = 512,
+    new_tokens: Annotated[int, typer.Option(help="Tokens decoded one at a time.")] = 64,
+    repeats: Annotated[int, typer.Option(help="Timed repeats after one warm-up.")] = 3,
+    threads: Annotated[Optional[int], typer.Option(help="Threads for both sides (default: all cores).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Prefill and decode speed and peak memory of the runtime vs the transformers reference, measured in one run."""
+    from ..bench import format_markdown, run_bench
+    from ..bundle.io import read_manifest
+
+    ref = reference or Path(read_manifest(bundle).provenance.source)
+    result = run_bench(bundle, ref, prompt_tokens=prompt_tokens, new_tokens=new_tokens, repeats=repeats, threads=threads, progress=progress_factory())
+    print(json.dumps(result, indent=2) if as_json else format_markdown(result))
+
+
+@app.command()
+def presets() -> None:
+    """List the built-in presets (seeded random checkpoints; no download)."""
+    from ..models.presets import PRESETS
+
+    for name, preset in PRESETS.items():
+        console.print(f"[bold]{name:18s}[/bold] {preset.description}")
+
+
+def main() -> None:
+    try:
+        app()
+    except HmexportError as exc:
+        if _state["debug"]:
+            raise
+        err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
