@@ -14,6 +14,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 PAD, BOS, EOS, UNK = "<|pad|>", "<|bos|>", "<|eos|>", "<|unk|>"
 SPECIAL_TOKENS = (PAD, BOS, EOS, UNK)  # the trainer gives them ids 0, 1, 2, 3 in this order
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = range(4)
+MIN_TOKENIZER_VOCAB = 256 + len(SPECIAL_TOKENS)  # every byte, plus the special tokens
 
 # Varied plain English with digits and punctuation, so common words and numbers get their own merges.
 CORPUS = """\
@@ -73,8 +74,8 @@ from the station.
 
 def build_tokenizer(vocab_size: int) -> Tokenizer:
     """A byte-level BPE tokenizer with at most ``vocab_size`` tokens (fewer if the corpus runs out of merges)."""
-    if vocab_size < 256 + len(SPECIAL_TOKENS):
-        raise ValueError(f"tokenizer vocab_size: expected at least {256 + len(SPECIAL_TOKENS)} (bytes + special tokens), got {vocab_size}")
+    if vocab_size < MIN_TOKENIZER_VOCAB:
+        raise ValueError(f"tokenizer vocab_size: expected at least {MIN_TOKENIZER_VOCAB} (bytes + special tokens), got {vocab_size}")
     # No thread pinning needed: the trainer breaks ties between equally frequent merges by pair, so
     # the output is byte-identical with 1 or 16 threads (checked; tests/models/test_presets.py keeps it so).
     tok = Tokenizer(models.BPE())
