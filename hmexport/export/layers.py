@@ -44,13 +44,15 @@ def dense_mlp(g: Graph, h: str, w: dict[str, np.ndarray], p: str) -> str:
 
 
 def moe_mlp(g: Graph, h: str, w: dict[str, np.ndarray], p: str, layer: LayerSpec, D: int) -> str:
-    """Top-k of a softmax router over E experts, every expert computed densely.
+    """Top-k of a softmax router over E experts; each expert runs only on the tokens routed to it.
 
     ```
-    h (B,L,D) -> router -> softmax -> TopK -> scatter into (T,E) weights (zeros elsewhere)
-    h -> (1,T,D) @ gate/up (E,D,F) -> silu*up -> @ down (E,F,D) -> (E,T,D) * weights -> sum over E
+    h (B,L,D) -> (T,D) -> router -> softmax (T,E) -> TopK -> weights (T,E), zero where not chosen
+    for e in 0..E-1:  rows = NonZero(e in top-k) ; y_e = mlp_e(h[rows]) * weight[rows, e]
+                      out = ScatterND(out, rows, y_e, reduction=add)
     ```
-    Unselected experts get weight 0, so the sum equals transformers' sparse sum exactly.
+    A decode step reads only its top-k experts' weights (MatMul on zero rows reads nothing), and
+    prefill costs k/E of a dense MoE. Contributions are added in expert order, as transformers does.
     """
     with g.scope("moe"):
         tokens = g.op("Reshape", [h, g.const([-1, D])])  # (T, D)
@@ -58,14 +60,19 @@ def moe_mlp(g: Graph, h: str, w: dict[str, np.ndarray], p: str, layer: LayerSpec
         probs = g.op("Softmax", [logits], axis=-1)  # (T, E)
         top_w, top_i = g.op("TopK", [probs, g.const([layer.top_k])], n_out=2, axis=-1, largest=1, sorted=1)
         route = g.op("ScatterElements", [g.op("Mul", [probs, g.const(0.0)]), top_i, top_w], axis=-1)  # (T, E)
-        x3 = g.op("Unsqueeze", [tokens, g.const([0])])  # (1, T, D)
-        stacked = {k: np.ascontiguousarray(np.transpose(w[f"{p}.experts.{k}"], (0, 2, 1))) for k in ("gate_proj", "up_proj", "down_proj")}
-        gate = g.op("MatMul", [x3, g.weight(f"{p}.experts.gate_proj", stacked["gate_proj"])], name="experts_gate")  # (E, T, F)
-        up = g.op("MatMul", [x3, g.weight(f"{p}.experts.up_proj", stacked["up_proj"])], name="experts_up")
-        out = g.op("MatMul", [g.op("Mul", [silu(g, gate), up]), g.weight(f"{p}.experts.down_proj", stacked["down_proj"])], name="experts_down")
-        weights = g.op("Unsqueeze", [g.op("Transpose", [route], perm=[1, 0]), g.const([-1])])  # (E, T, 1)
-        y = g.op("ReduceSum", [g.op("Mul", [out, weights]), g.const([0])], keepdims=0)  # (T, D)
-        return g.op("Reshape", [y, g.op("Shape", [h])])
+        out = g.op("Mul", [tokens, g.const(0.0)], name="zeros")  # (T, D)
+        for e in range(layer.experts):
+            with g.scope(f"experts.{e}"):
+                chosen = g.op("ReduceMax", [g.op("Cast", [g.op("Equal", [top_i, g.const(e)])], to=TensorProto.INT64), g.const([-1])], keepdims=0)
+                rows = g.op("Transpose", [g.op("NonZero", [chosen])], perm=[1, 0])  # (T_e, 1)
+                x = g.op("GatherND", [tokens, rows])  # (T_e, D)
+                weight = g.op("GatherND", [g.op("Gather", [route, g.const(e)], axis=1), rows], name="weight_gather")  # (T_e,)
+                expert = {k: np.ascontiguousarray(w[f"{p}.experts.{k}"][e]) for k in ("gate_proj", "up_proj", "down_proj")}
+                ew = {f"{p}.experts.{e}.{k}.weight": v for k, v in expert.items()}
+                act = g.op("Mul", [silu(g, linear(g, x, ew, f"{p}.experts.{e}.gate_proj")), linear(g, x, ew, f"{p}.experts.{e}.up_proj")])
+                y = g.op("Mul", [linear(g, act, ew, f"{p}.experts.{e}.down_proj"), g.op("Unsqueeze", [weight, g.const([-1])])])
+                out = g.op("ScatterND", [out, rows, y], reduction="add")
+        return g.op("Reshape", [out, g.op("Shape", [h])])
 
 
 def attention(g: Graph, h: str, w: dict[str, np.ndarray], p: str, a: AttentionSpec, past_k: str, past_v: str) -> tuple[str, str, str]:

@@ -40,6 +40,9 @@ class Bundle:
             options = ort.SessionOptions()
             if threads:
                 options.intra_op_num_threads = threads
+            # Spinning worker threads fight the calling thread on small machines: measured on 2 cores,
+            # a jamba-small decode step takes 23 ms with spinning and 12 ms without.
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             for key, value in values.items():
                 options.add_initializer(key, value)
             try:
