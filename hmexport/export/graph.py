@@ -74,6 +74,22 @@ class Graph:
         self.nodes.append(helper.make_node(op_type, list(inputs), outs, name=node_name, **attrs))
         return outs[0] if n_out == 1 else outs
 
+    def subgraph(self, name: str) -> "Graph":
+        """A branch body: its constants and weights go to this graph (visible from the branch), names stay unique."""
+        sub = Graph(f"{self.name}/{name}")
+        sub.constants, sub.weights, sub._counts = self.constants, self.weights, self._counts
+        sub._scope = [*self._scope, name]
+        return sub
+
+    def branch_proto(self, outputs: Sequence[str]) -> onnx.GraphProto:
+        names = [self._unique("/".join(["", *self._scope, "out"])) for _ in outputs]
+        nodes = self.nodes + [helper.make_node("Identity", [t], [n]) for t, n in zip(outputs, names)]
+        return helper.make_graph(nodes, self.name, [], [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in names])
+
+    def if_op(self, cond: str, then: "Graph", then_outs: Sequence[str], other: "Graph", other_outs: Sequence[str], name: str) -> list[str]:
+        out = self.op("If", [cond], n_out=len(then_outs), name=name, then_branch=then.branch_proto(then_outs), else_branch=other.branch_proto(other_outs))
+        return [out] if isinstance(out, str) else out
+
     def to_graph_proto(self) -> onnx.GraphProto:
         return helper.make_graph(self.nodes, self.name, self.inputs, self.outputs, initializer=list(self.constants))
 
