@@ -5,7 +5,7 @@ inputs and outputs, per layer i:
 
 | mixer     | inputs                              | outputs                                       |
 |-----------|-------------------------------------|-----------------------------------------------|
-| mamba     | conv_state.i (B,Di,W-1), ssm_state.i (B,Di,N) | conv_state_out.i, ssm_state_out.i     |
+| mamba     | conv_state.i (B,W-1,Di), ssm_state.i (B,Di,N) | conv_state_out.i, ssm_state_out.i     |
 | attention | key.i, value.i (B,P,Hkv,Dh)         | key_new.i, value_new.i (B,L,Hkv,Dh): new rows |
 
 ``logits_to_keep`` (int64, shape [1]) picks how many final positions get logits (1 in generation).
@@ -27,7 +27,7 @@ def state_shapes(spec: ModelSpec, i: int) -> dict[str, list[int | str]]:
     """The state inputs of layer i with symbolic dims: the layout the runtime allocates."""
     if spec.layers[i].mixer == "mamba":
         m = spec.mamba
-        return {f"conv_state.{i}": ["batch", m.d_inner, m.d_conv - 1], f"ssm_state.{i}": ["batch", m.d_inner, m.d_state]}
+        return {f"conv_state.{i}": ["batch", m.d_conv - 1, m.d_inner], f"ssm_state.{i}": ["batch", m.d_inner, m.d_state]}
     a = spec.attention
     return {f"key.{i}": ["batch", "past", a.num_kv_heads, a.head_dim], f"value.{i}": ["batch", "past", a.num_kv_heads, a.head_dim]}
 
@@ -54,13 +54,16 @@ def build_decoder(spec: ModelSpec, weights: dict[str, np.ndarray]) -> Graph:
         for name, shape in state_shapes(spec, i).items():
             state_in[name] = g.input(name, F32, shape)
     state_out: dict[str, tuple[str, list]] = {}
+    with g.scope("one_step"):  # L == 1: decode-step branches in the Mamba layers
+        one_step = g.op("Equal", [g.op("Gather", [g.op("Shape", [x]), g.const(1)], axis=0), g.const(1)])
     for i, layer in enumerate(spec.layers):
         p = f"layers.{i}"
         with g.scope(p):
             h = nn.rms_norm(g, x, weights[f"{p}.norm.weight"], f"{p}.norm", spec.norm_eps)
             with g.scope("mixer"):
                 if layer.mixer == "mamba":
-                    y, conv, ssm = nn.mamba_mixer(g, h, weights, f"{p}.mixer", spec.mamba, spec.norm_eps, state_in[f"conv_state.{i}"], state_in[f"ssm_state.{i}"])
+                    y, conv, ssm = nn.mamba_mixer(g, h, weights, f"{p}.mixer", spec.mamba, spec.norm_eps, state_in[f"conv_state.{i}"], state_in[f"ssm_state.{i}"],
+                                                   one_step)
                     shapes = state_shapes(spec, i)
                     state_out[f"conv_state_out.{i}"] = (conv, shapes[f"conv_state.{i}"])
                     state_out[f"ssm_state_out.{i}"] = (ssm, shapes[f"ssm_state.{i}"])

@@ -62,7 +62,10 @@ class Graph:
         return name
 
     def const(self, value: np.ndarray | int | float | Sequence[int], dtype: str | None = None) -> str:
-        array = np.asarray(value, dtype=dtype or (np.int64 if isinstance(value, (int, list, tuple)) else np.float32))
+        if isinstance(value, np.ndarray):
+            array = value.astype(dtype) if dtype else value
+        else:
+            array = np.asarray(value, dtype=dtype or (np.int64 if isinstance(value, (int, list, tuple)) else np.float32))
         name = self._unique("/".join(["", *self._scope, "const"]))
         self.constants.append(numpy_helper.from_array(array, name))
         return name

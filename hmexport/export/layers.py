@@ -60,17 +60,18 @@ def moe_mlp(g: Graph, h: str, w: dict[str, np.ndarray], p: str, layer: LayerSpec
         probs = g.op("Softmax", [logits], axis=-1)  # (T, E)
         top_w, top_i = g.op("TopK", [probs, g.const([layer.top_k])], n_out=2, axis=-1, largest=1, sorted=1)
         route = g.op("ScatterElements", [g.op("Mul", [probs, g.const(0.0)]), top_i, top_w], axis=-1)  # (T, E)
+        route = g.op("Unsqueeze", [g.op("Transpose", [route], perm=[1, 0]), g.const([-1])])  # (E, T, 1)
+        hits = g.op("Equal", [g.op("Unsqueeze", [top_i, g.const([-1])]), g.const(np.arange(layer.experts, dtype=np.int64))])  # (T, k, E)
+        hits = g.op("Transpose", [g.op("ReduceMax", [g.op("Cast", [hits], to=TensorProto.INT64), g.const([1])], keepdims=0)], perm=[1, 0])  # (E, T)
         out = g.op("Mul", [tokens, g.const(0.0)], name="zeros")  # (T, D)
         for e in range(layer.experts):
             with g.scope(f"experts.{e}"):
-                chosen = g.op("ReduceMax", [g.op("Cast", [g.op("Equal", [top_i, g.const(e)])], to=TensorProto.INT64), g.const([-1])], keepdims=0)
-                rows = g.op("Transpose", [g.op("NonZero", [chosen])], perm=[1, 0])  # (T_e, 1)
+                rows = g.op("Transpose", [g.op("NonZero", [g.op("Gather", [hits, g.const(e)], axis=0)])], perm=[1, 0])  # (T_e, 1)
                 x = g.op("GatherND", [tokens, rows])  # (T_e, D)
-                weight = g.op("GatherND", [g.op("Gather", [route, g.const(e)], axis=1), rows], name="weight_gather")  # (T_e,)
-                expert = {k: np.ascontiguousarray(w[f"{p}.experts.{k}"][e]) for k in ("gate_proj", "up_proj", "down_proj")}
-                ew = {f"{p}.experts.{e}.{k}.weight": v for k, v in expert.items()}
+                weight = g.op("GatherND", [g.op("Gather", [route, g.const(e)], axis=0), rows], name="weight_gather")  # (T_e, 1)
+                ew = {f"{p}.experts.{e}.{k}.weight": np.ascontiguousarray(w[f"{p}.experts.{k}"][e]) for k in ("gate_proj", "up_proj", "down_proj")}
                 act = g.op("Mul", [silu(g, linear(g, x, ew, f"{p}.experts.{e}.gate_proj")), linear(g, x, ew, f"{p}.experts.{e}.up_proj")])
-                y = g.op("Mul", [linear(g, act, ew, f"{p}.experts.{e}.down_proj"), g.op("Unsqueeze", [weight, g.const([-1])])])
+                y = g.op("Mul", [linear(g, act, ew, f"{p}.experts.{e}.down_proj"), weight])
                 out = g.op("ScatterND", [out, rows, y], reduction="add")
         return g.op("Reshape", [out, g.op("Shape", [h])])
 
@@ -108,28 +109,27 @@ def attention(g: Graph, h: str, w: dict[str, np.ndarray], p: str, a: AttentionSp
     return linear(g, ctx, w, f"{p}.o_proj"), k_new, v_new
 
 
-def mamba_mixer(g: Graph, h: str, w: dict[str, np.ndarray], p: str, m: MambaSpec, eps: float, conv_state: str, ssm_state: str) -> tuple[str, str, str]:
+def mamba_mixer(g: Graph, h: str, w: dict[str, np.ndarray], p: str, m: MambaSpec, eps: float, conv_state: str, ssm_state: str,
+                one_step: str) -> tuple[str, str, str]:
     """Mamba-1 with explicit state. Returns (output (B,L,D), conv window out, SSM state out).
 
     ```
     h -> in_proj -> x, z (B,L,Di)
-    x -> [conv_state | x^T] (B,Di,W-1+L) -> depthwise conv (valid) -> silu -> u (B,L,Di); last W-1 columns -> conv state out
+    x -> [conv_state | x] (B,W-1+L,Di) -> depthwise conv (valid) -> silu -> u (B,L,Di); last W-1 rows -> conv state out
     u -> x_proj -> dt (R), B, C (N) [-> RMS norms for Jamba] ; dt -> dt_proj + bias -> softplus (B,L,Di)
     dA = exp(dt*A), dBu = dt*B*u (B,L,Di,N) -> Scan over L: s = dA*s + dBu ; y = s @ C
     y + u*D -> * silu(z) -> out_proj
     ```
-    The conv and the scan each sit in an ``If`` on L == 1: a decode step takes a few elementwise
-    ops instead of onnxruntime's grouped Conv and a Scan (measured: ~140 us saved per layer).
+    The conv and the scan each sit in an ``If`` on ``one_step`` (L == 1): a decode step takes a few
+    elementwise ops instead of onnxruntime's grouped Conv and a Scan (measured: ~140 us saved per
+    layer). The conv window is time-major like K/V, so a decode step needs no transposes.
     """
     Di, N, W, R = m.d_inner, m.d_state, m.d_conv, m.dt_rank
     x, z = g.op("Split", [linear(g, h, w, f"{p}.in_proj"), g.const([Di, Di])], n_out=2, axis=-1)
-    with g.scope("step_or_chunk"):
-        one_step = g.op("Equal", [g.op("Gather", [g.op("Shape", [h]), g.const(1)], axis=0), g.const(1)])
     with g.scope("conv1d"):
-        window = g.op("Concat", [conv_state, g.op("Transpose", [x], perm=[0, 2, 1])], axis=2)  # (B, Di, W-1+L)
-        conv_out_state = g.op("Slice", [window, g.const([-(W - 1)]), g.const([np.iinfo(np.int64).max]), g.const([2])])
-        conv = _conv(g, window, w, p, Di, W, one_step)
-        u = g.op("Transpose", [silu(g, conv)], perm=[0, 2, 1])  # (B, L, Di)
+        window = g.op("Concat", [conv_state, x], axis=1)  # (B, W-1+L, Di)
+        conv_out_state = g.op("Slice", [window, g.const([-(W - 1)]), g.const([np.iinfo(np.int64).max]), g.const([1])])
+        u = silu(g, _conv(g, window, w, p, Di, W, one_step))  # (B, L, Di)
     dt, B, C = g.op("Split", [linear(g, u, w, f"{p}.x_proj"), g.const([R, N, N])], n_out=3, axis=-1)
     if m.dt_bc_norm:
         dt = rms_norm(g, dt, w[f"{p}.dt_norm.weight"], f"{p}.dt_norm", eps)
@@ -145,7 +145,7 @@ def mamba_mixer(g: Graph, h: str, w: dict[str, np.ndarray], p: str, m: MambaSpec
         dB = g.op("Mul", [dt4, g.op("Unsqueeze", [B, g.const([2])])])
         dBu = g.op("Mul", [dB, g.op("Unsqueeze", [u, g.const([-1])])])
         C = g.op("Unsqueeze", [C, g.const([-1])])  # (B, L, N, 1)
-    y, ssm_out_state = _selective_scan(g, ssm_state, dA, dBu, C, one_step)
+    y, ssm_out_state = _selective_scan(g, ssm_state, dA, dBu, C, one_step, (Di, N))
     with g.scope("gate"):
         y = g.op("Add", [y, g.op("Mul", [u, g.weight(f"{p}.D", w[f"{p}.D"])])])
         y = g.op("Mul", [y, silu(g, z)])
@@ -153,27 +153,29 @@ def mamba_mixer(g: Graph, h: str, w: dict[str, np.ndarray], p: str, m: MambaSpec
 
 
 def _conv(g: Graph, window: str, w: dict[str, np.ndarray], p: str, Di: int, W: int, one_step: str) -> str:
-    """Depthwise causal conv over the window (B, Di, W-1+L) -> (B, Di, L): a dot product when L == 1."""
+    """Depthwise causal conv over the time-major window (B, W-1+L, Di) -> (B, L, Di): a dot product when L == 1."""
     weight = g.weight(f"{p}.conv1d.weight", np.ascontiguousarray(w[f"{p}.conv1d.weight"].reshape(Di, 1, W)))
     bias = g.weight(f"{p}.conv1d.bias", w[f"{p}.conv1d.bias"]) if f"{p}.conv1d.bias" in w else None
+    taps = g.op("Transpose", [g.op("Reshape", [weight, g.const([Di, W])])], perm=[1, 0])  # (W, Di), folded at load
     step = g.subgraph("step")
-    y1 = step.op("ReduceSum", [step.op("Mul", [window, g.op("Reshape", [weight, g.const([Di, W])])]), g.const([-1])], keepdims=1)
+    y1 = step.op("ReduceSum", [step.op("Mul", [window, taps]), g.const([1])], keepdims=1)  # (B, 1, Di)
     if bias:
-        y1 = step.op("Add", [y1, g.op("Unsqueeze", [bias, g.const([-1])])])
+        y1 = step.op("Add", [y1, bias])
     chunk = g.subgraph("chunk")
-    yL = chunk.op("Conv", [window, weight] + ([bias] if bias else []), group=Di, kernel_shape=[W])
+    yL = chunk.op("Conv", [chunk.op("Transpose", [window], perm=[0, 2, 1]), weight] + ([bias] if bias else []), group=Di, kernel_shape=[W])
+    yL = chunk.op("Transpose", [yL], perm=[0, 2, 1])
     return g.if_op(one_step, step, [y1], chunk, [yL], name="conv")[0]
 
 
-def _selective_scan(g: Graph, state: str, dA: str, dBu: str, C: str, one_step: str) -> tuple[str, str]:
+def _selective_scan(g: Graph, state: str, dA: str, dBu: str, C: str, one_step: str, dims_di_n: tuple[int, int]) -> tuple[str, str]:
     """s = dA_t * s + dBu_t ; y_t = s @ C_t over time (axis 1). Returns (y (B,L,Di), final s).
 
     One step is three ops; a chunk is an ONNX Scan whose body is those same three ops.
     """
     step = g.subgraph("step")
-    axis = g.const([1])
-    s1 = step.op("Add", [step.op("Mul", [step.op("Squeeze", [dA, axis]), state]), step.op("Squeeze", [dBu, axis])])
-    y1 = step.op("Transpose", [step.op("MatMul", [s1, step.op("Squeeze", [C, axis])])], perm=[0, 2, 1])  # (B, 1, Di)
+    s1 = step.op("Add", [step.op("Mul", [dA, state]), dBu])  # (B, 1, Di, N): the state broadcasts over the time axis
+    y1 = step.op("Reshape", [step.op("MatMul", [s1, C]), g.const([0, 1, -1])])  # (B, 1, Di, 1) -> (B, 1, Di)
+    s1 = step.op("Reshape", [s1, g.const([0, dims_di_n[0], dims_di_n[1]])])
     f = TensorProto.FLOAT
     body = helper.make_graph(
         [
