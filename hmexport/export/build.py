@@ -14,7 +14,7 @@ from ..bundle.io import file_infos, staging, write_manifest
 from ..bundle.manifest import FORMAT, SCHEMA_VERSION, Generation, LayerState, Limits, Manifest, Provenance, StateTensor, TokenizerInfo
 from ..errors import CheckpointError, InputError
 from ..models.checkpoint import Checkpoint
-from ..models.registry import read_spec, read_weights
+from ..models.registry import num_tensors, read_spec, read_weights
 from ..models.spec import ModelSpec
 from .decoder import build_decoder, build_embed, state_output_name, state_shapes
 from .onnx import WEIGHTS_FILE, write_graphs
@@ -60,7 +60,7 @@ def build(source: str, out: str | Path, options: BuildOptions = BuildOptions(), 
     src, preset = resolve_source(source)
     ckpt = Checkpoint.open(src)
     spec = read_spec(ckpt)
-    weights = read_weights(ckpt, spec, progress("reading weights", None))
+    weights = read_weights(ckpt, spec, progress("reading weights", num_tensors(spec)))
     with staging(Path(out), overwrite=options.overwrite) as stage:
         advance = progress("writing graphs", 2)
         graphs = [build_embed(spec, weights), build_decoder(spec, weights)]

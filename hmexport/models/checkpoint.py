@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from ..bundle.io import sha256_file
 from ..errors import CheckpointError
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
@@ -90,16 +91,8 @@ class Checkpoint:
         digest = hashlib.sha256()
         for file in sorted({self.path / "config.json", *self.shards.values()}):
             digest.update(file.name.encode())
-            digest.update(bytes.fromhex(file_sha256(file)))
+            digest.update(bytes.fromhex(sha256_file(file)))
         return digest.hexdigest()
-
-
-def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _index_shards(path: Path) -> dict[str, Path]:

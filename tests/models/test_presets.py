@@ -16,7 +16,8 @@ from tokenizers import Tokenizer  # noqa: E402
 
 from hmexport.errors import HmexportError  # noqa: E402
 from hmexport.models import registry  # noqa: E402
-from hmexport.models.checkpoint import INDEX_FILE, TOKENIZER_FILES, file_sha256  # noqa: E402
+from hmexport.bundle.io import sha256_file as file_sha256  # noqa: E402
+from hmexport.models.checkpoint import INDEX_FILE, TOKENIZER_FILES  # noqa: E402
 from hmexport.models.presets import PRESETS, write_checkpoint, write_preset  # noqa: E402
 from hmexport.models.tokenizer import build_tokenizer  # noqa: E402
 
