@@ -39,8 +39,15 @@ def silu(g: Graph, x: str) -> str:
 def dense_mlp(g: Graph, h: str, w: dict[str, np.ndarray], p: str) -> str:
     """down(silu(gate(h)) * up(h))   # (B, L, D)"""
     with g.scope("mlp"):
-        act = g.op("Mul", [silu(g, linear(g, h, w, f"{p}.gate_proj")), linear(g, h, w, f"{p}.up_proj")])
-        return linear(g, act, w, f"{p}.down_proj")
+        return linear(g, gated(g, h, w[f"{p}.gate_proj.weight"], w[f"{p}.up_proj.weight"], f"{p}.gate_up_proj"), w, f"{p}.down_proj")
+
+
+def gated(g: Graph, x: str, gate: np.ndarray, up: np.ndarray, name: str) -> str:
+    """silu(x @ gate^T) * (x @ up^T) with one MatMul over [gate | up] (one larger GEMV per decode step)."""
+    F = gate.shape[0]
+    fused = g.weight(f"{name}.weight", np.ascontiguousarray(np.concatenate([gate, up], axis=0).T))  # (D, 2F)
+    a, b = g.op("Split", [g.op("MatMul", [x, fused], name="gate_up_proj"), g.const([F, F])], n_out=2, axis=-1)
+    return g.op("Mul", [silu(g, a), b])
 
 
 def moe_mlp(g: Graph, h: str, w: dict[str, np.ndarray], p: str, layer: LayerSpec, D: int) -> str:
@@ -70,7 +77,7 @@ def moe_mlp(g: Graph, h: str, w: dict[str, np.ndarray], p: str, layer: LayerSpec
                 x = g.op("GatherND", [tokens, rows])  # (T_e, D)
                 weight = g.op("GatherND", [g.op("Gather", [route, g.const(e)], axis=0), rows], name="weight_gather")  # (T_e, 1)
                 ew = {f"{p}.experts.{e}.{k}.weight": np.ascontiguousarray(w[f"{p}.experts.{k}"][e]) for k in ("gate_proj", "up_proj", "down_proj")}
-                act = g.op("Mul", [silu(g, linear(g, x, ew, f"{p}.experts.{e}.gate_proj")), linear(g, x, ew, f"{p}.experts.{e}.up_proj")])
+                act = gated(g, x, ew[f"{p}.experts.{e}.gate_proj.weight"], ew[f"{p}.experts.{e}.up_proj.weight"], f"{p}.experts.{e}.gate_up_proj")
                 y = g.op("Mul", [linear(g, act, ew, f"{p}.experts.{e}.down_proj"), weight])
                 out = g.op("ScatterND", [out, rows, y], reduction="add")
         return g.op("Reshape", [out, g.op("Shape", [h])])
