@@ -36,6 +36,17 @@ def bundles(checkpoints, tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def fused_bundles(checkpoints, tmp_path_factory) -> dict[str, Path]:
+    """The same models built with --ops fused (hmexport::SelectiveScan / CausalConv1d)."""
+    from hmexport.export.build import BuildOptions, build
+
+    root = tmp_path_factory.mktemp("fused-bundles")
+    for name, ckpt in checkpoints.items():
+        build(str(ckpt), root / name, BuildOptions(max_tokens=512, chunk=64, validate=False, ops="fused"))
+    return {name: root / name for name in checkpoints}
+
+
+@pytest.fixture(scope="session")
 def references(checkpoints):
     from hmexport.models.reference import load_reference
 

@@ -16,9 +16,13 @@ MAMBA = dict(vocab_size=512, hidden_size=64, num_hidden_layers=3, state_size=8, 
 MODELS = {"jamba-moe": ("jamba", JAMBA_MOE), "jamba-dense": ("jamba", JAMBA_DENSE), "mamba": ("mamba", MAMBA)}
 
 
-def assert_close(name: str, got: np.ndarray, want: np.ndarray, tol: float) -> None:
+def assert_close(name: str, got: np.ndarray, want: np.ndarray, tol: float | tuple[float, float]) -> None:
+    """``tol`` is an absolute bound, or (atol, rtol): |got - want| <= atol + rtol * |want| everywhere."""
+    atol, rtol = tol if isinstance(tol, tuple) else (tol, 0.0)
     got, want = np.asarray(got), np.asarray(want)
     assert got.shape == want.shape, f"{name}: shape {got.shape} != {want.shape}"
-    diff = np.abs(got.astype(np.float64) - want.astype(np.float64))
-    worst = np.unravel_index(int(np.argmax(diff)), diff.shape) if diff.size else ()
-    assert diff.size == 0 or diff.max() <= tol, f"{name}: max abs diff {diff.max():.3g} > {tol:g} at {worst}: got {got[worst]}, want {want[worst]}"
+    want64 = want.astype(np.float64)
+    excess = np.abs(got.astype(np.float64) - want64) - (atol + rtol * np.abs(want64))
+    worst = np.unravel_index(int(np.argmax(excess)), excess.shape) if excess.size else ()
+    assert excess.size == 0 or excess.max() <= 0, (
+        f"{name}: |got - want| exceeds {atol:g} + {rtol:g}*|want| at {worst}: got {got[worst]}, want {want[worst]}")

@@ -43,12 +43,14 @@ def build(
     chunk: Annotated[int, typer.Option(help="Default prefill chunk length (tokens per decoder call).")] = 256,
     validate: Annotated[bool, typer.Option("--validate/--no-validate", help="Check logits and greedy tokens against transformers (needs torch).")] = True,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing bundle at --out.")] = False,
+    ops: Annotated[str, typer.Option(help="standard: ONNX ops only (any onnxruntime); fused: hmexport's SelectiveScan / CausalConv1d custom ops (compiled on first use).")] = "standard",
     as_json: JsonOpt = False,
 ) -> None:
     """Export a checkpoint to an ONNX bundle: embed + decoder graphs, weights, tokenizer, manifest."""
     from ..export.build import BuildOptions, build as run_build
 
-    manifest = run_build(source, out, BuildOptions(max_tokens=max_tokens, chunk=chunk, validate=validate, overwrite=overwrite), progress_factory())
+    options = BuildOptions(max_tokens=max_tokens, chunk=chunk, validate=validate, overwrite=overwrite, ops=ops)
+    manifest = run_build(source, out, options, progress_factory())
     if as_json:
         print(json.dumps({"bundle": str(out), "validation": manifest.validation, "files": {k: v.bytes for k, v in manifest.files.items()}}))
         return
@@ -136,6 +138,26 @@ def bench(
     ref = reference or Path(read_manifest(bundle).provenance.source)
     result = run_bench(bundle, ref, prompt_tokens=prompt_tokens, new_tokens=new_tokens, repeats=repeats, threads=threads, progress=progress_factory())
     print(json.dumps(result, indent=2) if as_json else format_markdown(result))
+
+
+kernels_app = typer.Typer(help="Build hmexport's own SSM ops (CPU custom-op library; CUDA kernels).", no_args_is_help=True)
+app.add_typer(kernels_app, name="kernels")
+
+
+@kernels_app.command("build", epilog="Examples:\n\n  hmexport kernels build\n\n  hmexport kernels build --cuda --out build/kernels")
+def kernels_build(
+    cuda: Annotated[bool, typer.Option("--cuda/--no-cuda", help="Also compile the CUDA kernels with nvcc (sm_80 + sm_90).")] = False,
+    out: Annotated[Optional[Path], typer.Option(help="Directory for the libraries (default: the hmexport cache).")] = None,
+    force: Annotated[bool, typer.Option(help="Rebuild even if an up-to-date library exists.")] = False,
+) -> None:
+    """Compile the CPU custom-op library (and with --cuda the CUDA kernels); prints the library paths."""
+    from ..kernels.cpu.build import build as build_cpu
+
+    print(build_cpu(out, force=force))
+    if cuda:
+        from ..kernels_cuda.build import build as build_cuda
+
+        print(build_cuda(out, verbose=False))
 
 
 @app.command()

@@ -28,8 +28,11 @@ class BuildOptions:
     chunk: int = 256
     validate: bool = True
     overwrite: bool = False
+    ops: str = "standard"  # "fused": hmexport::SelectiveScan / CausalConv1d in the Mamba layers
 
     def __post_init__(self) -> None:
+        if self.ops not in ("standard", "fused"):
+            raise InputError(f"--ops: expected 'standard' or 'fused', got {self.ops!r}")
         if self.max_tokens < 1:
             raise InputError(f"--max-tokens: expected >= 1, got {self.max_tokens}")
         if self.chunk < 1:
@@ -63,7 +66,7 @@ def build(source: str, out: str | Path, options: BuildOptions = BuildOptions(), 
     weights = read_weights(ckpt, spec, progress("reading weights", num_tensors(spec)))
     with staging(Path(out), overwrite=options.overwrite) as stage:
         advance = progress("writing graphs", 2)
-        graphs = [build_embed(spec, weights), build_decoder(spec, weights)]
+        graphs = [build_embed(spec, weights), build_decoder(spec, weights, ops=options.ops)]
         infos = write_graphs(stage, graphs)
         advance(2)
         tokenizer = None

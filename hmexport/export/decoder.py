@@ -45,7 +45,8 @@ def build_embed(spec: ModelSpec, weights: dict[str, np.ndarray]) -> Graph:
     return g
 
 
-def build_decoder(spec: ModelSpec, weights: dict[str, np.ndarray]) -> Graph:
+def build_decoder(spec: ModelSpec, weights: dict[str, np.ndarray], ops: str = "standard") -> Graph:
+    """``ops="fused"`` puts hmexport::CausalConv1d / hmexport::SelectiveScan in the Mamba layers."""
     g = Graph("decoder")
     x = g.input("inputs_embeds", F32, ["batch", "seq", spec.hidden_size])
     keep = g.input("logits_to_keep", I64, [1])
@@ -63,7 +64,7 @@ def build_decoder(spec: ModelSpec, weights: dict[str, np.ndarray]) -> Graph:
             with g.scope("mixer"):
                 if layer.mixer == "mamba":
                     y, conv, ssm = nn.mamba_mixer(g, h, weights, f"{p}.mixer", spec.mamba, spec.norm_eps, state_in[f"conv_state.{i}"], state_in[f"ssm_state.{i}"],
-                                                   one_step)
+                                                   one_step, fused=ops == "fused")
                     shapes = state_shapes(spec, i)
                     state_out[f"conv_state_out.{i}"] = (conv, shapes[f"conv_state.{i}"])
                     state_out[f"ssm_state_out.{i}"] = (ssm, shapes[f"ssm_state.{i}"])

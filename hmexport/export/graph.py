@@ -101,7 +101,9 @@ def make_model(graph: Graph, weight_infos: Sequence[onnx.TensorProto] = ()) -> o
     """An ONNX model whose weights are ``weight_infos`` (external-data initializers)."""
     proto = graph.to_graph_proto()
     proto.initializer.extend(weight_infos)
-    model = helper.make_model(proto, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="hmexport")
+    domains = sorted({n.domain for n in graph.nodes if n.domain})
+    opsets = [helper.make_opsetid("", OPSET)] + [helper.make_opsetid(d, 1) for d in domains]
+    model = helper.make_model(proto, opset_imports=opsets, producer_name="hmexport")
     model.ir_version = 10
     return model
 

@@ -14,6 +14,7 @@ from ..models.spec import AttentionSpec, LayerSpec, MambaSpec
 from .graph import Graph
 
 NEG_INF = np.float32(-3.4028234663852886e38)
+CUSTOM_DOMAIN = "hmexport"  # hmexport::SelectiveScan, hmexport::CausalConv1d (--ops fused)
 
 
 def rms_norm(g: Graph, x: str, weight: np.ndarray, name: str, eps: float) -> str:
@@ -117,7 +118,7 @@ def attention(g: Graph, h: str, w: dict[str, np.ndarray], p: str, a: AttentionSp
 
 
 def mamba_mixer(g: Graph, h: str, w: dict[str, np.ndarray], p: str, m: MambaSpec, eps: float, conv_state: str, ssm_state: str,
-                one_step: str) -> tuple[str, str, str]:
+                one_step: str, fused: bool = False) -> tuple[str, str, str]:
     """Mamba-1 with explicit state. Returns (output (B,L,D), conv window out, SSM state out).
 
     ```
@@ -133,15 +134,13 @@ def mamba_mixer(g: Graph, h: str, w: dict[str, np.ndarray], p: str, m: MambaSpec
     """
     Di, N, W, R = m.d_inner, m.d_state, m.d_conv, m.dt_rank
     x, z = g.op("Split", [linear(g, h, w, f"{p}.in_proj"), g.const([Di, Di])], n_out=2, axis=-1)
+    if fused:
+        return _fused_mixer(g, x, z, w, p, m, eps, conv_state, ssm_state)
     with g.scope("conv1d"):
         window = g.op("Concat", [conv_state, x], axis=1)  # (B, W-1+L, Di)
         conv_out_state = g.op("Slice", [window, g.const([-(W - 1)]), g.const([np.iinfo(np.int64).max]), g.const([1])])
         u = silu(g, _conv(g, window, w, p, Di, W, one_step))  # (B, L, Di)
-    dt, B, C = g.op("Split", [linear(g, u, w, f"{p}.x_proj"), g.const([R, N, N])], n_out=3, axis=-1)
-    if m.dt_bc_norm:
-        dt = rms_norm(g, dt, w[f"{p}.dt_norm.weight"], f"{p}.dt_norm", eps)
-        B = rms_norm(g, B, w[f"{p}.b_norm.weight"], f"{p}.b_norm", eps)
-        C = rms_norm(g, C, w[f"{p}.c_norm.weight"], f"{p}.c_norm", eps)
+    dt, B, C = _x_proj(g, u, w, p, m, eps)
     with g.scope("dt_proj"):
         dt = g.op("MatMul", [dt, g.weight(f"{p}.dt_proj.weight", np.ascontiguousarray(w[f"{p}.dt_proj.weight"].T))])
         dt = g.op("Softplus", [g.op("Add", [dt, g.weight(f"{p}.dt_proj.bias", w[f"{p}.dt_proj.bias"])])])  # (B, L, Di)
@@ -157,6 +156,31 @@ def mamba_mixer(g: Graph, h: str, w: dict[str, np.ndarray], p: str, m: MambaSpec
         y = g.op("Add", [y, g.op("Mul", [u, g.weight(f"{p}.D", w[f"{p}.D"])])])
         y = g.op("Mul", [y, silu(g, z)])
     return linear(g, y, w, f"{p}.out_proj"), conv_out_state, ssm_out_state
+
+
+def _x_proj(g: Graph, u: str, w: dict[str, np.ndarray], p: str, m: MambaSpec, eps: float) -> tuple[str, str, str]:
+    """u -> dt (before dt_proj), B, C, with Jamba's RMS norms where the model has them."""
+    dt, B, C = g.op("Split", [linear(g, u, w, f"{p}.x_proj"), g.const([m.dt_rank, m.d_state, m.d_state])], n_out=3, axis=-1)
+    if m.dt_bc_norm:
+        dt = rms_norm(g, dt, w[f"{p}.dt_norm.weight"], f"{p}.dt_norm", eps)
+        B = rms_norm(g, B, w[f"{p}.b_norm.weight"], f"{p}.b_norm", eps)
+        C = rms_norm(g, C, w[f"{p}.c_norm.weight"], f"{p}.c_norm", eps)
+    return dt, B, C
+
+
+def _fused_mixer(g: Graph, x: str, z: str, w: dict[str, np.ndarray], p: str, m: MambaSpec, eps: float, conv_state: str, ssm_state: str) -> tuple[str, str, str]:
+    """The same mixer with hmexport::CausalConv1d and hmexport::SelectiveScan (kernels/reference.py)."""
+    Di, W = m.d_inner, m.d_conv
+    conv_w = g.weight(f"{p}.conv1d.weight", np.ascontiguousarray(w[f"{p}.conv1d.weight"].reshape(Di, 1, W)))
+    taps = g.op("Reshape", [conv_w, g.const([Di, W])])  # folded at load
+    bias = g.weight(f"{p}.conv1d.bias", w[f"{p}.conv1d.bias"]) if f"{p}.conv1d.bias" in w else ""
+    u, conv_out = g.op("CausalConv1d", [x, taps, bias, conv_state], n_out=2, name="conv1d", domain=CUSTOM_DOMAIN, activation=1)
+    dt, B, C = _x_proj(g, u, w, p, m, eps)
+    dt = g.op("MatMul", [dt, g.weight(f"{p}.dt_proj.weight", np.ascontiguousarray(w[f"{p}.dt_proj.weight"].T))], name="dt_proj")
+    inputs = [u, dt, g.weight(f"{p}.A_log", w[f"{p}.A_log"]), B, C, g.weight(f"{p}.D", w[f"{p}.D"]), z,
+              g.weight(f"{p}.dt_proj.bias", w[f"{p}.dt_proj.bias"]), ssm_state]
+    y, ssm_out = g.op("SelectiveScan", inputs, n_out=2, name="selective_scan", domain=CUSTOM_DOMAIN, delta_softplus=1)
+    return linear(g, y, w, f"{p}.out_proj"), conv_out, ssm_out
 
 
 def _conv(g: Graph, window: str, w: dict[str, np.ndarray], p: str, Di: int, W: int, one_step: str) -> str:

@@ -11,9 +11,30 @@ from onnx import TensorProto
 from ..bundle.manifest import GraphInfo, TensorInfo
 from ..bundle.weights import write_safetensors
 from .graph import ELEM, Graph, make_model
+from .layers import CUSTOM_DOMAIN
 
 WEIGHTS_FILE = "weights.safetensors"
 _DTYPE_NAMES = {TensorProto.FLOAT: "float32", TensorProto.FLOAT16: "float16", TensorProto.INT64: "int64", TensorProto.INT32: "int32"}
+
+
+def _register_custom_schemas() -> None:
+    """Declare hmexport's custom ops to onnx so check_model(full_check=True) still checks fused graphs."""
+    from onnx.defs import OpSchema, has, register_schema
+
+    P, A = OpSchema.FormalParameter, OpSchema.Attribute
+    opt = OpSchema.FormalParameterOption.Optional
+    specs = {
+        "SelectiveScan": (["u", "delta", "A_log", "B", "C", ("D", opt), ("z", opt), ("delta_bias", opt), "state"], "delta_softplus"),
+        "CausalConv1d": (["x", "weight", ("bias", opt), "state"], "activation"),
+    }
+    for name, (inputs, attr) in specs.items():
+        if has(name, CUSTOM_DOMAIN):
+            continue
+        params = [P(i, "T") if isinstance(i, str) else P(i[0], "T", param_option=i[1]) for i in inputs]
+        schema = OpSchema(name, CUSTOM_DOMAIN, 1, inputs=params, outputs=[P("y", "T"), P("state_out", "T")],
+                          type_constraints=[("T", ["tensor(float)"], "float32 tensors")],
+                          attributes=[A(attr, OpSchema.AttrType.INT, "flag (default 1)", required=False)])
+        register_schema(schema)
 
 
 def write_graphs(root: Path, graphs: list[Graph]) -> dict[str, GraphInfo]:
@@ -30,9 +51,12 @@ def write_graphs(root: Path, graphs: list[Graph]) -> dict[str, GraphInfo]:
         refs = [_external(name, shared[name], *spans[name]) for name in sorted(g.weights)]
         model = make_model(g, refs)
         path = root / f"{g.name}.onnx"
+        domains = sorted({op.domain for op in model.opset_import if op.domain})
+        if domains:
+            _register_custom_schemas()
         onnx.save_model(model, str(path))
         onnx.checker.check_model(str(path), full_check=True)
-        infos[g.name] = GraphInfo(file=path.name, inputs=_infos(model.graph.input), outputs=_infos(model.graph.output))
+        infos[g.name] = GraphInfo(file=path.name, inputs=_infos(model.graph.input), outputs=_infos(model.graph.output), ops=domains)
     return infos
 
 

@@ -33,7 +33,7 @@ class Bundle:
     def open(cls, path: str | Path, *, verify: bool = True, threads: int | None = None) -> "Bundle":
         root = Path(path)
         manifest = read_manifest(root, verify=verify)
-        _check_ops(manifest)
+        custom_ops = _custom_op_libraries(manifest)
         weights = load_safetensors(resolve(root, manifest.weights))
         values = {name: ort.OrtValue.ortvalue_from_numpy(np.asarray(arr)) for name, arr in weights.items()}
         sessions = {}
@@ -44,6 +44,8 @@ class Bundle:
             # Spinning worker threads fight the calling thread on small machines: measured on 2 cores,
             # a jamba-small decode step takes 23 ms with spinning and 12 ms without.
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            for library in custom_ops:
+                options.register_custom_ops_library(str(library))
             for key, value in values.items():
                 options.add_initializer(key, value)
             try:
@@ -92,10 +94,21 @@ def _memmap_of(array: np.ndarray) -> np.memmap | None:
     return array
 
 
-def _check_ops(manifest: Manifest) -> None:
+def _custom_op_libraries(manifest: Manifest) -> list[Path]:
+    """The custom-op libraries the graphs need (``ops`` in the manifest), compiled on first use."""
     needed = sorted({op for g in manifest.graphs.values() for op in g.ops})
-    if needed:
-        raise BundleError(f"bundle needs custom op domains {', '.join(needed)}, which this runtime does not provide; rebuild with standard ops")
+    unknown = [op for op in needed if op != "hmexport"]
+    if unknown:
+        raise BundleError(f"bundle needs custom op domain(s) {', '.join(unknown)}, which this runtime does not provide; rebuild with --ops standard")
+    if not needed:
+        return []
+    from ..kernels.cpu.build import KernelBuildError, build
+
+    try:
+        return [build()]
+    except KernelBuildError as exc:
+        raise BundleError(f"this bundle was built with --ops fused and needs hmexport's CPU ops library, which could not be built: {exc}; "
+                          f"rebuild the bundle with --ops standard to run without a C compiler") from None
 
 
 def _load_tokenizer(root: Path, manifest: Manifest):

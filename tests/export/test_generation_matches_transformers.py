@@ -1,5 +1,6 @@
-"""Acceptance (issue #3): greedy 64 tokens identical to transformers' generate, for Jamba with MoE,
-Jamba dense and Mamba-1, prompt lengths 1, 17 and 300, prefill chunk lengths 1, 7 and 64."""
+"""Acceptance (issues #3, #6): greedy 64 tokens identical to transformers' generate, for Jamba with
+MoE, Jamba dense and Mamba-1, prompt lengths 1, 17 and 300, prefill chunk lengths 1, 7 and 64, with
+standard ONNX ops and with hmexport's fused ops."""
 
 from __future__ import annotations
 
@@ -33,31 +34,35 @@ def _reference_tokens(model, name: str, n: int) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def opened(bundles):
+def opened(bundles, fused_bundles):
     from hmexport.runtime import Bundle
 
-    return {name: Bundle.open(path) for name, path in bundles.items()}
+    out = {(name, "standard"): Bundle.open(path) for name, path in bundles.items()}
+    out.update({(name, "fused"): Bundle.open(path) for name, path in fused_bundles.items()})
+    return out
 
 
+@pytest.mark.parametrize("ops", ["standard", "fused"])
 @pytest.mark.parametrize("chunk", CHUNKS)
 @pytest.mark.parametrize("n", PROMPT_LENGTHS)
 @pytest.mark.parametrize("name", list(MODELS))
-def test_greedy_tokens_identical(opened, references, name, n, chunk):
+def test_greedy_tokens_identical(opened, references, name, n, chunk, ops):
     want = _reference_tokens(references[name], name, n)
-    got = list(opened[name].session(chunk=chunk).generate(_prompt(n), max_new_tokens=NEW_TOKENS, stop_ids=()))
+    got = list(opened[name, ops].session(chunk=chunk).generate(_prompt(n), max_new_tokens=NEW_TOKENS, stop_ids=()))
     assert len(want) == NEW_TOKENS
     mismatch = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), None)
-    assert got == want, f"{name}, prompt {n}, chunk {chunk}: first mismatch at {mismatch}: got {got[mismatch]}, want {want[mismatch]}"
+    assert got == want, f"{name} ({ops} ops), prompt {n}, chunk {chunk}: first mismatch at {mismatch}: got {got[mismatch]}, want {want[mismatch]}"
 
 
+@pytest.mark.parametrize("ops", ["standard", "fused"])
 @pytest.mark.parametrize("name", list(MODELS))
-def test_logits_per_position_match(opened, references, name):
+def test_logits_per_position_match(opened, references, name, ops):
     ids = _prompt(300)
     with torch.no_grad():
         want = references[name](torch.tensor([ids])).logits.numpy()
-    session = opened[name].session()
+    session = opened[name, ops].session()
     whole = session.prefill_embeds(session.embed(ids), chunk=300, keep=300)
-    assert_close(f"{name} decoder logits", whole, want, FP32_LOGITS)
+    assert_close(f"{name} ({ops}) decoder logits", whole, want, FP32_LOGITS)
     session.reset()
     chunked = session.prefill_embeds(session.embed(ids), chunk=7, keep=300)
     assert_close(f"{name} chunked vs whole", chunked, whole, CHUNKING_FP32)
@@ -68,4 +73,4 @@ def test_embed_graph_matches(opened, references, name):
     ids = _prompt(17)
     with torch.no_grad():
         want = references[name].get_input_embeddings()(torch.tensor([ids])).numpy()
-    assert_close(f"{name} embed", opened[name].session().embed(ids), want, 0.0)
+    assert_close(f"{name} embed", opened[name, "standard"].session().embed(ids), want, 0.0)
