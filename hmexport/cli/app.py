@@ -60,11 +60,12 @@ def build(
         console.print(f"validation passed: max abs diff {diffs}; greedy tokens identical")
 
 
-@app.command(epilog="Examples:\n\n  hmexport run bundles/jamba-tiny --prompt 'The weather today' --max-new-tokens 32\n\n  hmexport run bundles/jamba-tiny --input-ids 1,17,42 --ignore-eos --json")
+@app.command(epilog="Examples:\n\n  hmexport run bundles/jamba-tiny --prompt 'The weather today' --max-new-tokens 32\n\n  hmexport run bundles/jamba-tiny --input-ids 1,17,42 --ignore-eos --json\n\n  hmexport run bundles/llava-jamba-tiny --image a.jpg --image b.png --prompt 'Compare <image> and <image>.'")
 def run(
     bundle: BundleArg,
     prompt: Annotated[Optional[str], typer.Option(help="Prompt text (needs the bundle's tokenizer).")] = None,
-    input_ids: Annotated[Optional[str], typer.Option("--input-ids", help="Prompt as comma-separated token ids.")] = None,
+    input_ids: Annotated[Optional[str], typer.Option("--input-ids", help="Prompt as comma-separated token ids (image tokens already expanded).")] = None,
+    image: Annotated[Optional[list[Path]], typer.Option("--image", help="An image file (repeatable); `<image>` in the prompt marks where each goes, else images come first.")] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Most tokens to generate.")] = 64,
     ignore_eos: Annotated[bool, typer.Option(help="Do not stop at end-of-sequence tokens.")] = False,
     temperature: Annotated[float, typer.Option(help="0 = greedy; > 0 samples.")] = 0.0,
@@ -77,7 +78,7 @@ def run(
     """Generate from a bundle; tokens stream to the terminal as they come (greedy unless sampling options are given)."""
     from ..runtime.cli import run_prompt
 
-    result = run_prompt(bundle, prompt=prompt, input_ids=input_ids, max_new_tokens=max_new_tokens, ignore_eos=ignore_eos,
+    result = run_prompt(bundle, prompt=prompt, input_ids=input_ids, images=image or [], max_new_tokens=max_new_tokens, ignore_eos=ignore_eos,
                         temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, chunk=chunk, stream=None if as_json else sys.stdout)
     if as_json:
         print(json.dumps(result))
@@ -113,7 +114,8 @@ def validate(
     else:
         for check in report.checks:
             chunk = check["chunk"] or "whole"
-            console.print(f"{check['graph']:8s} prompt {check['prompt_len']:4d} chunk {chunk!s:>5s}  max abs diff {check['max_abs_diff']:.2e}")
+            what = "images" if check["graph"] == "vision" else "prompt"
+            console.print(f"{check['graph']:8s} {what} {check['prompt_len']:4d} chunk {chunk!s:>5s}  max abs diff {check['max_abs_diff']:.2e}")
         for g in report.generation:
             console.print(f"greedy   prompt {g['prompt_len']:4d}  {len(g['runtime'])} tokens  {'identical' if g['match'] else 'DIFFER at ' + str(g['first_mismatch'])}")
         verdict = "[green]passed[/green]" if report.passed else "[red]FAILED[/red]"

@@ -13,7 +13,7 @@ from .. import __version__
 from ..bundle.io import file_infos, staging, write_manifest
 from ..bundle.manifest import FORMAT, SCHEMA_VERSION, Generation, LayerState, Limits, Manifest, Provenance, StateTensor, TokenizerInfo
 from ..errors import CheckpointError, InputError
-from ..models.checkpoint import Checkpoint
+from ..models.checkpoint import Checkpoint, read_json
 from ..models.registry import num_tensors, read_spec, read_weights
 from ..models.spec import ModelSpec
 from .decoder import build_decoder, build_embed, state_output_name, state_shapes
@@ -65,10 +65,17 @@ def build(source: str, out: str | Path, options: BuildOptions = BuildOptions(), 
     spec = read_spec(ckpt)
     weights = read_weights(ckpt, spec, progress("reading weights", num_tensors(spec)))
     with staging(Path(out), overwrite=options.overwrite) as stage:
-        advance = progress("writing graphs", 2)
+        advance = progress("writing graphs", 3 if spec.vision is not None else 2)
         graphs = [build_embed(spec, weights), build_decoder(spec, weights, ops=options.ops)]
+        vision = None
+        if spec.vision is not None:
+            from ..models.reference import load_reference
+            from .vision import build_vision
+
+            graphs.append(build_vision(load_reference(src), spec.vision))
+            vision = vision_manifest(ckpt, spec)
         infos = write_graphs(stage, graphs)
-        advance(2)
+        advance(len(graphs))
         tokenizer = None
         if ckpt.has_tokenizer:
             shutil.copyfile(ckpt.path / "tokenizer.json", stage / "tokenizer.json")
@@ -89,6 +96,7 @@ def build(source: str, out: str | Path, options: BuildOptions = BuildOptions(), 
                 created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             ),
             tokenizer=tokenizer,
+            vision=vision,
         )
         manifest = manifest.with_files(file_infos(stage, [g.file for g in infos.values()] + [WEIGHTS_FILE] + (["tokenizer.json"] if tokenizer else [])))
         write_manifest(stage, manifest)
@@ -102,6 +110,19 @@ def build(source: str, out: str | Path, options: BuildOptions = BuildOptions(), 
             write_manifest(stage, manifest)
             report.raise_if_failed(str(out))
     return manifest
+
+
+def vision_manifest(ckpt: Checkpoint, spec: ModelSpec) -> dict:
+    """What the runtime needs to turn images into spliced rows: the image token, rows per image, preprocessing."""
+    from ..runtime.images import ImageSpec
+
+    path = ckpt.path / "preprocessor_config.json"
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing; a multimodal checkpoint needs its image processor settings (copy preprocessor_config.json from the original model)")
+    preprocess = ImageSpec.from_hf_processor_config(read_json(path))
+    if preprocess.size != spec.vision.image_size:
+        raise CheckpointError(f"{path}: crop/resize size {preprocess.size} does not match vision_config.image_size {spec.vision.image_size}")
+    return {"image_token_id": spec.vision.image_token_id, "tokens_per_image": spec.vision.tokens_per_image, "preprocess": preprocess.to_json()}
 
 
 def state_layout(spec: ModelSpec) -> list[LayerState]:

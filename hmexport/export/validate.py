@@ -45,10 +45,12 @@ class Report:
         raise ValidationFailed(f"{where}: validation against the reference failed: " + "; ".join(bad))
 
 
-def fixed_prompts(vocab: int, lengths=PROMPT_LENGTHS, seed: int = 1234) -> list[list[int]]:
+def fixed_prompts(vocab: int, lengths=PROMPT_LENGTHS, seed: int = 1234, exclude: tuple[int, ...] = ()) -> list[list[int]]:
+    """Seeded prompts over [3, V) (skipping pad/bos/eos where the vocabulary allows) without ``exclude`` (the image token)."""
     rng = np.random.default_rng(seed)
-    low = min(3, vocab - 1)  # skip pad/bos/eos where the vocabulary allows
-    return [rng.integers(low, vocab, size=n).tolist() for n in lengths]
+    low = min(3, vocab - 1)
+    allowed = np.setdiff1d(np.arange(low, vocab), np.asarray(exclude, dtype=np.int64))
+    return [rng.choice(allowed, size=n).tolist() for n in lengths]
 
 
 def validate(bundle_dir: str | Path, reference_dir: str | Path, *, new_tokens: int = NEW_TOKENS, progress=None) -> Report:
@@ -61,8 +63,11 @@ def validate(bundle_dir: str | Path, reference_dir: str | Path, *, new_tokens: i
     model = load_reference(reference_dir)
     precision = bundle.manifest.precision
     report = Report(precision=precision, tolerance=TOLERANCE.get(precision, 1e-4))
-    prompts = fixed_prompts(int(bundle.manifest.model["vocab_size"]))
+    vision = bundle.manifest.vision
+    prompts = fixed_prompts(int(bundle.manifest.model["vocab_size"]), exclude=(vision["image_token_id"],) if vision else ())
     advance = progress("validating", len(prompts) * (len(CHUNKS) + 1)) if progress else (lambda n: None)
+    if vision:
+        _check_vision(report, bundle, model)
     for ids in prompts:
         with torch.no_grad():
             ref_embeds = model.get_input_embeddings()(torch.tensor([ids])).numpy()
@@ -77,6 +82,25 @@ def validate(bundle_dir: str | Path, reference_dir: str | Path, *, new_tokens: i
         report.generation.append(_compare_generation(bundle, model, ids, new_tokens))
         advance(1)
     return report
+
+
+def _check_vision(report: Report, bundle, model) -> None:
+    """The vision graph on seeded pixel batches (1 and 3 images) against the reference's image features."""
+    import torch
+
+    from .vision import vision_module
+
+    from ..models.spec import VisionSpec
+
+    spec = VisionSpec(**bundle.manifest.model["vision"])
+    module = vision_module(model, spec)
+    rng = np.random.default_rng(7)
+    for n in (1, 3):
+        pixels = rng.standard_normal((n, 3, spec.image_size, spec.image_size)).astype(np.float32)
+        with torch.no_grad():
+            want = module(torch.from_numpy(pixels)).numpy()
+        got = bundle.sessions["vision"].run(None, {"pixel_values": pixels})[0]
+        _record(report, "vision", n, None, got, want)
 
 
 def _record(report: Report, graph: str, n: int, chunk: int | None, got: np.ndarray, want: np.ndarray) -> None:

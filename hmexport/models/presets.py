@@ -66,6 +66,22 @@ PRESETS: dict[str, Preset] = {
             dict(vocab_size=512, hidden_size=64, num_hidden_layers=4, state_size=8, conv_kernel=4, expand=2, time_step_rank=8, tie_word_embeddings=True),
         ),
         Preset(
+            "llava-jamba-tiny",
+            "LLaVA: tiny CLIP tower (56 px, 14 px patches -> 16 tokens per image) + jamba-tiny; image token id 511",
+            "llava",
+            dict(text_model_type="jamba", text_config=_JAMBA_TINY, image_token_index=511,
+                 vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=56, patch_size=14)),
+        ),
+        Preset(
+            "llava-mamba-tiny",
+            "LLaVA: the same CLIP tower + a mamba-tiny text model with an untied head",
+            "llava",
+            # Untied: transformers' LLaVA ties lm_head to `embed_tokens`, which Mamba names `embeddings`.
+            dict(text_model_type="mamba", image_token_index=511,
+                 text_config=dict(vocab_size=512, hidden_size=64, num_hidden_layers=4, state_size=8, conv_kernel=4, expand=2, time_step_rank=8, tie_word_embeddings=False),
+                 vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=56, patch_size=14)),
+        ),
+        Preset(
             "jamba-small",
             "Jamba for benchmarks: 8 layers, attention on layer 4, MoE (4 experts, top-2) on odd layers, D=512",
             "jamba",
@@ -126,18 +142,21 @@ def write_checkpoint(
     if out_dir.exists() and not overwrite and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise PresetError(f"{out_dir}: already exists and is not empty; pick another directory or pass overwrite=True")
     model = _build_model(model_type, config, seed)
-    if tokenizer_vocab is not None and min(tokenizer_vocab, model.config.vocab_size) < MIN_TOKENIZER_VOCAB:
+    text_config = model.config.get_text_config()
+    if tokenizer_vocab is not None and min(tokenizer_vocab, text_config.vocab_size) < MIN_TOKENIZER_VOCAB:
         raise PresetError(
             f"tokenizer_vocab: a byte-level tokenizer needs at least {MIN_TOKENIZER_VOCAB} ids, got "
-            f"min(tokenizer_vocab={tokenizer_vocab}, vocab_size={model.config.vocab_size}); pass tokenizer_vocab=None for no tokenizer"
+            f"min(tokenizer_vocab={tokenizer_vocab}, vocab_size={text_config.vocab_size}); pass tokenizer_vocab=None for no tokenizer"
         )
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
     try:
         _save(model, tmp, shards, dtype)
+        if model_type == "llava":
+            _save_image_processor(model, tmp)
         if tokenizer_vocab is not None:
-            tok = build_tokenizer(min(tokenizer_vocab, model.config.vocab_size))
-            save_tokenizer(tok, tmp, model_max_length=getattr(model.config, "max_position_embeddings", None) or 4096)
+            tok = build_tokenizer(min(tokenizer_vocab, text_config.vocab_size))
+            save_tokenizer(tok, tmp, model_max_length=getattr(text_config, "max_position_embeddings", None) or 4096)
         _replace(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -149,9 +168,11 @@ def _build_model(model_type: str, overrides: dict[str, Any], seed: int) -> Any:
     import torch
     import transformers
 
+    if model_type == "llava":
+        return _build_llava(overrides, seed)
     classes = {"jamba": ("JambaConfig", "JambaForCausalLM"), "mamba": ("MambaConfig", "MambaForCausalLM")}
     if model_type not in classes:
-        raise PresetError(f"model_type: expected one of {', '.join(classes)}, got {model_type!r}")
+        raise PresetError(f"model_type: expected one of {', '.join(classes)} or llava, got {model_type!r}")
     config_cls, model_cls = (getattr(transformers, n) for n in classes[model_type])
     fields = {"pad_token_id": PAD_ID, "bos_token_id": BOS_ID, "eos_token_id": EOS_ID, **overrides}
     fields.pop("use_mamba_kernels", None)
@@ -166,6 +187,36 @@ def _build_model(model_type: str, overrides: dict[str, Any], seed: int) -> Any:
     _sharpen_logits(model)
     model.eval()
     return model
+
+
+def _build_llava(fields: dict[str, Any], seed: int) -> Any:
+    """LlavaForConditionalGeneration over a Jamba/Mamba text model and a CLIP vision tower.
+
+    ``fields``: text_model_type, text_config, vision_config (CLIPVisionConfig fields), image_token_index.
+    """
+    import torch
+    import transformers
+
+    text_type = fields["text_model_type"]
+    text_cls = {"jamba": transformers.JambaConfig, "mamba": transformers.MambaConfig}[text_type]
+    text = text_cls(**{"pad_token_id": PAD_ID, "bos_token_id": BOS_ID, "eos_token_id": EOS_ID, **fields["text_config"]})
+    vision = transformers.CLIPVisionConfig(**fields["vision_config"])
+    config = transformers.LlavaConfig(text_config=text, vision_config=vision, image_token_index=fields["image_token_index"],
+                                      vision_feature_layer=-2, vision_feature_select_strategy="default", projector_hidden_act="gelu",
+                                      tie_word_embeddings=text.tie_word_embeddings)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = transformers.LlavaForConditionalGeneration(config)
+    _sharpen_logits(model)
+    return model.eval()
+
+
+def _save_image_processor(model: Any, out_dir: Path) -> None:
+    """A CLIP image processor config sized for the tower (what LLaVA checkpoints ship)."""
+    from transformers import CLIPImageProcessor
+
+    side = model.config.vision_config.image_size
+    CLIPImageProcessor(size={"shortest_edge": side}, crop_size={"height": side, "width": side}).save_pretrained(out_dir)
 
 
 def _sharpen_logits(model: Any) -> None:
@@ -196,7 +247,7 @@ def _save(model: Any, out_dir: Path, shards: int, dtype: str) -> None:
     from transformers import GenerationConfig
 
     model.to(getattr(torch, dtype))
-    config = model.config
+    config = model.config.get_text_config()
     model.generation_config = GenerationConfig(
         bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id, do_sample=False
     )

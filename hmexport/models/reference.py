@@ -14,11 +14,11 @@ def load_reference(path: str | Path):
     from transformers.utils import logging as hf_logging
 
     from .checkpoint import Checkpoint
-    from .registry import ARCHITECTURES, read_spec
+    from .registry import hf_class_name, read_spec
 
     ckpt = Checkpoint.open(path)
     spec = read_spec(ckpt)
-    cls = getattr(transformers, ARCHITECTURES[spec.arch].HF_CLASS)
+    cls = getattr(transformers, hf_class_name(spec))
     # The "falling back to the PyTorch implementation" notices are the point here (that path is the CPU reference).
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()

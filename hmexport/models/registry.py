@@ -12,13 +12,15 @@ from typing import Callable
 import numpy as np
 
 from ..errors import UnsupportedModelError
-from . import jamba, mamba
+from . import jamba, llava, mamba
 from .checkpoint import Checkpoint
 from .spec import ModelSpec
 from .weights import load_weights, tensor_shapes
 
 ARCHITECTURES: dict[str, ModuleType] = {m.NAME: m for m in (jamba, mamba)}
-_BY_MODEL_TYPE = {t: m for m in ARCHITECTURES.values() for t in m.MODEL_TYPES}
+# Containers wrap a text architecture (their spec's ``arch`` names it) with a vision side.
+CONTAINERS: dict[str, ModuleType] = {llava.NAME: llava}
+_BY_MODEL_TYPE = {t: m for m in (*ARCHITECTURES.values(), *CONTAINERS.values()) for t in m.MODEL_TYPES}
 
 
 def architecture_for(config: dict, where: str) -> ModuleType:
@@ -31,11 +33,21 @@ def architecture_for(config: dict, where: str) -> ModuleType:
 
 def read_spec(ckpt: Checkpoint) -> ModelSpec:
     where = str(ckpt.path / "config.json")
-    return architecture_for(ckpt.config, where).spec_from_config(ckpt.config, where)
+    module = architecture_for(ckpt.config, where)
+    if module in CONTAINERS.values():
+        return module.spec_from_config(ckpt.config, where, text_architecture=lambda raw, w: architecture_for(raw, w).spec_from_config(raw, w))
+    return module.spec_from_config(ckpt.config, where)
+
+
+def hf_class_name(spec: ModelSpec) -> str:
+    return llava.HF_CLASS if spec.vision is not None else ARCHITECTURES[spec.arch].HF_CLASS
 
 
 def read_weights(ckpt: Checkpoint, spec: ModelSpec, progress: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
     arch = ARCHITECTURES[spec.arch]
+    if spec.vision is not None:
+        present = ckpt.keys()
+        return load_weights(spec, ckpt, lambda name: llava.text_key(arch, spec, name, present), progress)
     return load_weights(spec, ckpt, lambda name: arch.checkpoint_key(spec, name), progress)
 
 

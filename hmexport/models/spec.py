@@ -73,6 +73,31 @@ class LayerSpec:
 
 
 @dataclass(frozen=True)
+class VisionSpec:
+    """The image side of a LLaVA-style model: encoder -> feature layer -> drop prefix tokens ->
+    optional 2x2 average pooling of the patch grid -> projector -> ``tokens_per_image`` rows of D."""
+
+    encoder: str  # "clip" | "siglip"
+    image_size: int
+    patch_size: int
+    feature_layer: int  # index into the encoder's hidden_states (negative counts from the end)
+    prefix_tokens: int  # leading tokens dropped (CLIP's CLS: 1; SigLIP: 0)
+    projector: str  # "mlp2x_gelu"
+    image_token_id: int
+    pool: int = 1  # 2: average each 2x2 block of the patch grid (LongLLaVA)
+
+    def __post_init__(self) -> None:
+        if self.encoder not in ("clip", "siglip"):
+            raise CheckpointError(f"vision encoder: expected 'clip' or 'siglip', got {self.encoder!r}")
+        if self.image_size % self.patch_size or (self.image_size // self.patch_size) % self.pool:
+            raise CheckpointError(f"vision: image_size {self.image_size} must be a multiple of patch_size {self.patch_size} x pool {self.pool}")
+
+    @property
+    def tokens_per_image(self) -> int:
+        return (self.image_size // self.patch_size // self.pool) ** 2
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """A hybrid decoder: embeddings, layers, final norm, LM head."""
 
@@ -89,6 +114,7 @@ class ModelSpec:
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
     pad_token_id: int | None = None
+    vision: VisionSpec | None = None  # set for LLaVA-style multimodal checkpoints
 
     def __post_init__(self) -> None:
         if not self.layers:
@@ -118,6 +144,8 @@ class ModelSpec:
         if data.get("attention") is not None:
             data["attention"] = _sub(AttentionSpec, data["attention"], f"{where}.attention")
         data["eos_token_ids"] = tuple(data.get("eos_token_ids", ()))
+        if data.get("vision") is not None:
+            data["vision"] = _sub(VisionSpec, data["vision"], f"{where}.vision")
         return cls(**data)
 
     def describe(self) -> str:

@@ -22,20 +22,22 @@ def parse_ids(text: str) -> list[int]:
 
 
 def run_prompt(bundle_dir: Path, *, prompt: str | None, input_ids: str | None, max_new_tokens: int, ignore_eos: bool, temperature: float,
-               top_k: int, top_p: float, seed: int | None, chunk: int | None, stream: TextIO | None) -> dict:
+               top_k: int, top_p: float, seed: int | None, chunk: int | None, stream: TextIO | None, images: list[Path] = ()) -> dict:
     if (prompt is None) == (input_ids is None):
         raise InputError("give exactly one of --prompt TEXT or --input-ids 1,2,3")
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
                             stop_ids=() if ignore_eos else None)
     bundle = Bundle.open(bundle_dir)
-    ids = bundle.encode(prompt) if prompt is not None else parse_ids(input_ids)
     session = bundle.session(chunk=chunk)
     out: list[int] = []
     shown = ""
     start = time.perf_counter()
     first = None
-    for token in session.generate(ids, params):
-        first = first or time.perf_counter()
+    tokens = session.generate(prompt if prompt is not None else parse_ids(input_ids), params, images=list(images))
+    prompt_len = 0
+    for token in tokens:
+        if first is None:  # the first token comes right after the prefill, before any decode step
+            first, prompt_len = time.perf_counter(), session.length
         out.append(token)
         if stream is not None:
             shown = _stream(bundle, out, shown, stream)
@@ -45,8 +47,8 @@ def run_prompt(bundle_dir: Path, *, prompt: str | None, input_ids: str | None, m
     return {
         "token_ids": out,
         "text": bundle.decode(out),
-        "prompt_tokens": len(ids),
-        "prefill_tok_s": len(ids) / prefill_s if prefill_s > 0 else 0.0,
+        "prompt_tokens": prompt_len,
+        "prefill_tok_s": prompt_len / prefill_s if prefill_s > 0 else 0.0,
         "decode_tok_s": (len(out) - 1) / decode_s if decode_s > 0 and len(out) > 1 else 0.0,
     }
 

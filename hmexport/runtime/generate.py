@@ -56,10 +56,11 @@ def sample(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator)
     return int(rng.choice(probs.size, p=probs))
 
 
-def generate_tokens(session, prompt_ids: Sequence[int], params: SamplingParams) -> Iterator[int]:
+def generate_tokens(session, prompt_ids: Sequence[int], params: SamplingParams, embeds: np.ndarray | None = None) -> Iterator[int]:
+    """``embeds`` (1, L, D), when given, replaces the prompt's own embeddings (images spliced in)."""
     rng = np.random.default_rng(params.seed)
     stop = set(params.stop_ids or ())
-    logits = session.prefill(prompt_ids)
+    logits = session.prefill(prompt_ids) if embeds is None else session.prefill_embeds(embeds)[0, -1]
     for i in range(params.max_new_tokens):
         token = sample(logits, params, rng)
         yield token

@@ -104,14 +104,28 @@ class Session:
         """One token in -> logits (V,) for the next."""
         return self.forward(self.embed([token]))[0, -1]
 
-    def generate(self, prompt: Sequence[int] | str, params: SamplingParams | None = None, **kwargs) -> Iterator[int]:
-        """Stream new token ids: prefill the prompt, then sample and decode until a stop id or the budget."""
-        ids = self.bundle.encode(prompt) if isinstance(prompt, str) else list(prompt)
+    def prompt_embeds(self, prompt: Sequence[int] | str, images: Sequence = ()) -> tuple[list[int], np.ndarray]:
+        """Prompt (text with ``<image>`` placeholders, or expanded ids) + images -> (ids, (1, L, D) embeddings)."""
+        from .multimodal import expand_prompt, image_features, splice
+
+        ids = expand_prompt(self.bundle, prompt, len(images))
+        self.check_room(len(ids))
+        embeds = self.embed(ids)
+        if images:
+            embeds = splice(embeds, ids, image_features(self.bundle, images), self.bundle.manifest.vision["image_token_id"])
+        return ids, embeds
+
+    def generate(self, prompt: Sequence[int] | str, params: SamplingParams | None = None, *, images: Sequence = (), **kwargs) -> Iterator[int]:
+        """Stream new token ids: prefill the prompt (and images), then sample and decode until a stop id or the budget."""
         params = params or SamplingParams(**kwargs)
         if params.stop_ids is None:
             params = params.replace(stop_ids=tuple(self.bundle.manifest.generation.eos_token_ids))
+        if images or self.bundle.manifest.vision is not None:
+            ids, embeds = self.prompt_embeds(prompt, images)
+        else:
+            ids, embeds = (self.bundle.encode(prompt) if isinstance(prompt, str) else list(prompt)), None
         self.check_room(len(ids) + max(params.max_new_tokens - 1, 0))
-        return generate_tokens(self, ids, params)
+        return generate_tokens(self, ids, params, embeds)
 
     def fork(self) -> "Session":
         return Session(self.bundle, max_tokens=self.state.max_tokens, chunk=self.chunk, state=self.state.fork())

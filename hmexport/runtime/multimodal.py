@@ -1,0 +1,63 @@
+"""Images into a prompt: placeholders -> image token runs, pixels -> the vision graph, rows spliced.
+
+Text prompts mark images with ``<image>``; with no placeholder the images go before the text.
+Token-id prompts arrive already expanded, as transformers' processors produce them:
+``tokens_per_image`` copies of the image token id per image, in order. Every check (counts,
+decoding, sizes) runs before any graph does.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import InputError
+from .images import ImageSpec, load_image, preprocess
+
+PLACEHOLDER = "<image>"
+VISION_BATCH = 8  # images per vision-graph call: bounds activation memory however many images
+
+
+def expand_prompt(bundle, prompt: str | Sequence[int], n_images: int) -> list[int]:
+    vision = bundle.manifest.vision
+    if n_images and vision is None:
+        raise InputError(f"{bundle.root}: this bundle has no vision graph, but {n_images} image(s) were given")
+    if vision is None:
+        return bundle.encode(prompt) if isinstance(prompt, str) else list(prompt)
+    token, per_image = vision["image_token_id"], vision["tokens_per_image"]
+    if not isinstance(prompt, str):
+        ids = list(prompt)
+        found = sum(1 for i in ids if i == token)
+        if found != n_images * per_image:
+            raise InputError(f"the prompt ids hold {found} image tokens (id {token}), expected {n_images} image(s) x {per_image} = {n_images * per_image}")
+        return ids
+    parts = prompt.split(PLACEHOLDER)
+    if len(parts) == 1:
+        return [token] * (per_image * n_images) + (bundle.encode(prompt) if prompt else [])
+    if len(parts) - 1 != n_images:
+        raise InputError(f"the prompt has {len(parts) - 1} {PLACEHOLDER} placeholder(s) but {n_images} image(s) were given")
+    ids: list[int] = bundle.encode(parts[0]) if parts[0] else []
+    for part in parts[1:]:
+        ids += [token] * per_image + (bundle.encode(part) if part else [])
+    return ids
+
+
+def image_features(bundle, images: Sequence) -> np.ndarray:
+    """Decode and preprocess every image first (fail before compute), then the vision graph in batches."""
+    spec = ImageSpec.from_json(bundle.manifest.vision["preprocess"])
+    pixels = preprocess([load_image(image) for image in images], spec)  # (I, 3, S, S)
+    session = bundle.sessions["vision"]
+    parts = [session.run(None, {"pixel_values": pixels[i:i + VISION_BATCH]})[0] for i in range(0, len(pixels), VISION_BATCH)]
+    return np.concatenate(parts, axis=0)  # (I, T, D)
+
+
+def splice(embeds: np.ndarray, ids: Sequence[int], features: np.ndarray, image_token_id: int) -> np.ndarray:
+    """Replace the image-token rows of (1, L, D) embeddings by the images' feature rows, in order."""
+    rows = np.flatnonzero(np.asarray(ids) == image_token_id)
+    flat = features.reshape(-1, features.shape[-1])
+    if rows.size != flat.shape[0]:
+        raise InputError(f"{rows.size} image token positions but {flat.shape[0]} image feature rows")
+    out = embeds.copy()
+    out[0, rows] = flat
+    return out
