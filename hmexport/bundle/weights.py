@@ -19,10 +19,10 @@ _CODES = {np.dtype(v): k for k, v in _DTYPES.items()}
 ALIGN = 64
 
 
-def write_safetensors(path: Path, tensors: dict[str, np.ndarray]) -> dict[str, tuple[int, int]]:
-    """Write ``tensors``; returns name -> (absolute byte offset in the file, byte length)."""
+def write_safetensors(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> dict[str, tuple[int, int]]:
+    """Write ``tensors`` (and string ``metadata``); returns name -> (absolute byte offset in the file, byte length)."""
     order = sorted(tensors, key=lambda k: (-tensors[k].dtype.itemsize, k))
-    header: dict[str, dict] = {}
+    header: dict[str, dict] = {"__metadata__": dict(metadata)} if metadata else {}
     offset = 0
     for name in order:
         array = tensors[name]
@@ -38,7 +38,19 @@ def write_safetensors(path: Path, tensors: dict[str, np.ndarray]) -> dict[str, t
         f.write(raw)
         for name in order:
             f.write(np.ascontiguousarray(tensors[name]).tobytes())
-    return {name: (start + h["data_offsets"][0], h["data_offsets"][1] - h["data_offsets"][0]) for name, h in header.items()}
+    return {name: (start + h["data_offsets"][0], h["data_offsets"][1] - h["data_offsets"][0]) for name, h in header.items() if name != "__metadata__"}
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        if n <= 0 or n > size - 8:
+            raise BundleError(f"{path}: not a safetensors file (header length {n}, file {size} bytes)")
+        try:
+            return json.loads(f.read(n)).get("__metadata__", {}) or {}
+        except json.JSONDecodeError:
+            raise BundleError(f"{path}: corrupt safetensors header") from None
 
 
 def read_header(path: Path) -> tuple[int, dict[str, dict]]:

@@ -128,7 +128,29 @@ class Session:
         return generate_tokens(self, ids, params, embeds)
 
     def fork(self) -> "Session":
+        """A new session continuing from a copy of this one's state (a shared prefix prefilled once)."""
         return Session(self.bundle, max_tokens=self.state.max_tokens, chunk=self.chunk, state=self.state.fork())
+
+    def snapshot(self) -> State:
+        """A copy of the whole state (recurrent tensors and the filled K/V prefix)."""
+        return self.state.fork()
+
+    def restore(self, state: State) -> None:
+        """Continue from ``state`` (copied: the snapshot stays reusable)."""
+        if state.tensors != self.state.tensors:
+            raise InputError("this state belongs to a bundle with another state layout")
+        self.state = state.fork()
+
+    def save_state(self, path) -> None:
+        from .snapshot import save_state
+
+        save_state(self.bundle, self.state, path)
+
+    def load_state(self, path) -> None:
+        """Continue from a snapshot file; refused unless it was saved from this bundle."""
+        from .snapshot import load_state
+
+        self.state = load_state(self.bundle, path, self.state.max_tokens)
 
     def reset(self) -> None:
         self.state.reset()
