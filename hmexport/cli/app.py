@@ -162,6 +162,49 @@ def kernels_build(
         print(build_cuda(out, verbose=False))
 
 
+@app.command(epilog="Examples:\n\n  hmexport plan bundles/llava-jamba-tiny --images 1000 --prompt-tokens 200\n\n  hmexport plan longllava-9b --images 1000 --device-memory 80GB")
+def plan(
+    source: Annotated[str, typer.Argument(help="A bundle directory, or a full-size shape: longllava-9b, cobra-3.5b.", show_default=False)],
+    images: Annotated[int, typer.Option(help="Images in the context.")] = 0,
+    prompt_tokens: Annotated[int, typer.Option(help="Text tokens in the prompt.")] = 0,
+    new_tokens: Annotated[int, typer.Option(help="Tokens to generate.")] = 128,
+    chunk: Annotated[Optional[int], typer.Option(help="Prefill chunk length (default: the bundle's, 512 for shapes).")] = None,
+    device_memory: Annotated[Optional[str], typer.Option(help="Memory available, e.g. 80GB or 24GiB; reports the largest image count that fits.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Memory for N images + T tokens: weights, K/V, Mamba state, peak activations; the largest N that fits."""
+    from ..bundle.plan import PlanInputs, plan as run_plan, render, spec_state_bytes
+    from ..errors import InputError
+
+    if Path(source).is_dir():
+        from ..bundle.io import read_manifest
+
+        inputs = PlanInputs.from_manifest(read_manifest(Path(source)), chunk)
+    else:
+        from ..models.shapes import SHAPES
+
+        if source not in SHAPES:
+            raise InputError(f"{source}: neither a bundle directory nor a known shape ({', '.join(SHAPES)})")
+        shape = SHAPES[source]
+        kv, rec = spec_state_bytes(shape.model, shape.dtype)
+        inputs = PlanInputs.from_spec(shape.model, weights_bytes=shape.weights_bytes, kv_bytes_per_token=kv, recurrent_bytes=rec,
+                                      tokens_per_image=shape.tokens_per_image, max_tokens=None, chunk=chunk or 512, fused=True)
+    result = run_plan(inputs, images, prompt_tokens, new_tokens, _parse_bytes(device_memory) if device_memory else None)
+    print(json.dumps(result, indent=2) if as_json else render(result))
+
+
+def _parse_bytes(text: str) -> int:
+    import re
+
+    from ..errors import InputError
+
+    match = re.fullmatch(r"\s*([0-9.]+)\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)?\s*", text, re.IGNORECASE)
+    if not match:
+        raise InputError(f"--device-memory: expected a size such as 80GB or 24GiB, got {text!r}")
+    units = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+    return int(float(match.group(1)) * units[(match.group(2) or "B").lower()])
+
+
 @app.command()
 def presets() -> None:
     """List the built-in presets (seeded random checkpoints; no download)."""
