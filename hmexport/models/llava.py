@@ -13,7 +13,7 @@ from .spec import ModelSpec, VisionSpec
 NAME = "llava"
 MODEL_TYPES = ("llava",)
 HF_CLASS = "LlavaForConditionalGeneration"
-_ENCODERS = {"clip_vision_model": ("clip", 1), "siglip_vision_model": ("siglip", 0)}
+_ENCODERS = {"clip_vision_model": "clip", "siglip_vision_model": "siglip"}
 
 
 def spec_from_config(raw: dict[str, Any], where: str, text_architecture: Callable[[dict, str], ModelSpec]) -> ModelSpec:
@@ -33,11 +33,12 @@ def spec_from_config(raw: dict[str, Any], where: str, text_architecture: Callabl
     layer = raw.get("vision_feature_layer", -2)
     if not isinstance(layer, int):
         raise UnsupportedModelError(f"{where}: vision_feature_layer: expected one layer index, got {layer!r}")
-    encoder, prefix = _ENCODERS[vtype]
     v = Config(vision_raw, f"{where}: vision_config")
+    # transformers' LLaVA drops the first token under "default" whatever the tower (CLIP's CLS; a
+    # SigLIP tower has none, which is why SigLIP checkpoints use "full").
     vision = VisionSpec(
-        encoder=encoder, image_size=v.int("image_size"), patch_size=v.int("patch_size"), feature_layer=layer,
-        prefix_tokens=prefix if strategy == "default" else 0, projector="mlp2x_gelu", image_token_id=c.int("image_token_index"),
+        encoder=_ENCODERS[vtype], image_size=v.int("image_size"), patch_size=v.int("patch_size"), feature_layer=layer,
+        prefix_tokens=1 if strategy == "default" else 0, projector="mlp2x_gelu", image_token_id=c.int("image_token_index"),
     )
     text = text_architecture(text_raw, f"{where}: text_config")
     return dataclasses.replace(text, vision=vision)

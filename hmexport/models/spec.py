@@ -91,10 +91,20 @@ class VisionSpec:
             raise CheckpointError(f"vision encoder: expected 'clip' or 'siglip', got {self.encoder!r}")
         if self.image_size % self.patch_size or (self.image_size // self.patch_size) % self.pool:
             raise CheckpointError(f"vision: image_size {self.image_size} must be a multiple of patch_size {self.patch_size} x pool {self.pool}")
+        if self.pool > 1 and self.prefix_tokens != self.leading_tokens:
+            raise CheckpointError(f"vision: pooling needs exactly the patch grid: drop {self.leading_tokens} leading token(s), got {self.prefix_tokens}")
+
+    @property
+    def leading_tokens(self) -> int:
+        """Tokens before the patches in the encoder's output: CLIP's CLS; SigLIP has none."""
+        return 1 if self.encoder == "clip" else 0
 
     @property
     def tokens_per_image(self) -> int:
-        return (self.image_size // self.patch_size // self.pool) ** 2
+        side = self.image_size // self.patch_size
+        if self.pool > 1:
+            return (side // self.pool) ** 2
+        return side * side + self.leading_tokens - self.prefix_tokens
 
 
 @dataclass(frozen=True)
