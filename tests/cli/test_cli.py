@@ -73,3 +73,29 @@ def test_prompt_needs_a_tokenizer(tmp_path):
 def test_run_argument_errors(bundles, args, message):
     done = hmexport("run", bundles["jamba-moe"], *args)
     assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_run_with_images_and_plan(tmp_path):
+    from PIL import Image
+    from skimage import data
+
+    out = tmp_path / "llava"
+    assert hmexport("build", "llava-jamba-tiny", "--out", out, "--max-tokens", "256").returncode == 0
+    Image.fromarray(data.astronaut()).save(tmp_path / "a.jpg")
+    Image.fromarray(data.coffee()).save(tmp_path / "b.png")
+    done = hmexport("run", out, "--image", tmp_path / "a.jpg", "--image", tmp_path / "b.png", "--prompt", "Compare <image> with <image>:",
+                    "--max-new-tokens", "4", "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["prompt_tokens"] >= 32 and len(result["token_ids"]) <= 4
+
+    wrong = hmexport("run", out, "--image", tmp_path / "a.jpg", "--prompt", "<image> and <image>")
+    assert wrong.returncode == 2 and "2 <image> placeholder(s) but 1 image(s)" in wrong.stderr
+    (tmp_path / "text.jpg").write_text("not an image")
+    bad = hmexport("run", out, "--image", tmp_path / "text.jpg", "--prompt", "x")
+    assert bad.returncode == 2 and "text.jpg" in bad.stderr and "Traceback" not in bad.stderr
+
+    plan = hmexport("plan", out, "--images", "10", "--prompt-tokens", "20", "--new-tokens", "8", "--json", "--device-memory", "1GiB")
+    assert plan.returncode == 0, plan.stderr
+    info = json.loads(plan.stdout)
+    assert info["context_tokens"] == 10 * 16 + 28 and info["max_images"] == (256 - 28) // 16
