@@ -34,6 +34,7 @@ def describe(root: Path) -> dict[str, Any]:
         "generation": vars(m.generation),
         "provenance": vars(m.provenance),
         "validation": m.validation,
+        "vision": m.vision,
     }
 
 
@@ -55,6 +56,10 @@ def render(info: dict[str, Any]) -> str:
     for name, f in info["files"].items():
         lines.append(f"file       {name:22s} {_mb(f['bytes']):>10s}  sha256 {f['sha256'][:16]}")
     lines.append(f"tokenizer  {info['tokenizer'] or 'none (use --input-ids)'}")
+    if info.get("vision"):
+        v, pre = info["vision"], info["vision"]["preprocess"]
+        lines.append(f"vision     {model['vision']['encoder']} {pre['size']}px -> {v['tokens_per_image']} rows per image (image token id {v['image_token_id']}); "
+                     f"resize {pre['resample']}, pad to square: {pre['pad_to_square']}")
     prov = info["provenance"]
     lines.append(f"source     {prov['preset'] or prov['source']}  sha256 {prov['source_sha256'][:16]}  hmexport {prov['tool_version']}")
     if info["validation"]:
