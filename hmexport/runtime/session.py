@@ -54,6 +54,23 @@ class Session:
                 f"shorten the prompt or rebuild the bundle with a larger --max-tokens"
             )
 
+    def check_memory(self, n: int) -> None:
+        """Refuse, before any compute, a request whose K/V growth and peak activations exceed free memory."""
+        from ..bundle.plan import PlanInputs, activation_bytes
+
+        available = available_memory()
+        if available is None:
+            return
+        plan = PlanInputs.from_manifest(self.bundle.manifest, self.chunk)
+        kv = plan.kv_bytes_per_token * n
+        peak = activation_bytes(plan, self.state.length + n)
+        if kv + peak > available:
+            raise InputError(
+                f"{n} more tokens need ~{(kv + peak) / 2**30:.2f} GiB (K/V {n} x {plan.kv_bytes_per_token} B = {kv / 2**30:.2f} GiB "
+                f"+ peak activations {peak / 2**30:.2f} GiB at chunk {self.chunk}) but {available / 2**30:.2f} GiB are available; "
+                f"use a smaller --chunk, fewer images or a shorter prompt (hmexport plan shows the arithmetic)"
+            )
+
     def forward(self, embeds: np.ndarray, keep: int = 1) -> np.ndarray:
         """Run one decoder call on (1, L, D) embeddings; returns logits (1, keep, V) and advances the state."""
         x = np.ascontiguousarray(embeds, dtype=_F32)
@@ -125,6 +142,7 @@ class Session:
         else:
             ids, embeds = (self.bundle.encode(prompt) if isinstance(prompt, str) else list(prompt)), None
         self.check_room(len(ids) + max(params.max_new_tokens - 1, 0))
+        self.check_memory(len(ids) + params.max_new_tokens)
         return generate_tokens(self, ids, params, embeds)
 
     def fork(self) -> "Session":
@@ -154,3 +172,15 @@ class Session:
 
     def reset(self) -> None:
         self.state.reset()
+
+
+def available_memory() -> int | None:
+    """MemAvailable from /proc/meminfo (Linux), in bytes; None where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None

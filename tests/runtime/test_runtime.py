@@ -110,3 +110,13 @@ def test_bad_requests(jamba):
         session.prefill([])
     with pytest.raises(InputError, match="max_tokens: expected 1..512"):
         jamba.session(max_tokens=10_000)
+
+
+def test_request_over_free_memory_is_refused_with_the_arithmetic(jamba, monkeypatch):
+    from hmexport.runtime import session as session_module
+
+    monkeypatch.setattr(session_module, "available_memory", lambda: 10_000)
+    session = jamba.session()
+    with pytest.raises(InputError, match=r"more tokens need ~.* GiB \(K/V .* \+ peak activations .* at chunk 64\) but 0\.00 GiB are available"):
+        session.generate(PROMPT, max_new_tokens=8)
+    assert session.length == 0
