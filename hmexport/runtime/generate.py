@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -56,11 +56,11 @@ def sample(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator)
     return int(rng.choice(probs.size, p=probs))
 
 
-def generate_tokens(session, prompt_ids: Sequence[int], params: SamplingParams, embeds: np.ndarray | None = None) -> Iterator[int]:
-    """``embeds`` (1, L, D), when given, replaces the prompt's own embeddings (images spliced in)."""
+def generate_tokens(session, prompt_ids: Sequence[int], params: SamplingParams, prefill: Callable[[], np.ndarray] | None = None) -> Iterator[int]:
+    """``prefill``, when given, runs the prompt (images spliced in) and returns the last logits."""
     rng = np.random.default_rng(params.seed)
     stop = set(params.stop_ids or ())
-    logits = session.prefill(prompt_ids) if embeds is None else session.prefill_embeds(embeds)[0, -1]
+    logits = session.prefill(prompt_ids) if prefill is None else prefill()
     for i in range(params.max_new_tokens):
         token = sample(logits, params, rng)
         yield token

@@ -61,3 +61,33 @@ def splice(embeds: np.ndarray, ids: Sequence[int], features: np.ndarray, image_t
     out = embeds.copy()
     out[0, rows] = flat
     return out
+
+
+def stream_prefill(session, ids: Sequence[int], images: Sequence, chunk: int) -> np.ndarray:
+    """Prefill ``ids`` chunk by chunk, splicing image rows as they come: each chunk embeds only its own
+    tokens and runs the vision graph only for images it needs, a batch of VISION_BATCH at a time, so
+    memory is weights + K/V + one chunk + one image batch however many images the prompt holds.
+    Every image is decoded once up front (a bad file fails before any compute), then again per batch.
+    Returns the last position's logits (V,)."""
+    vision = session.bundle.manifest.vision
+    spec = ImageSpec.from_json(vision["preprocess"])
+    for image in images:
+        load_image(image)
+    ids = np.asarray(ids, dtype=np.int64)
+    rows = np.flatnonzero(ids == vision["image_token_id"])  # image k owns rows[k*T:(k+1)*T]
+    per_image = vision["tokens_per_image"]
+    vision_session = session.bundle.sessions["vision"]
+    batch_start, batch = -1, None
+    logits = None
+    for start in range(0, len(ids), chunk):
+        end = min(start + chunk, len(ids))
+        embeds = session.embed(ids[start:end])
+        for r in np.flatnonzero((rows >= start) & (rows < end)):
+            k = int(r) // per_image
+            if k // VISION_BATCH != batch_start:
+                batch_start = k // VISION_BATCH
+                group = images[batch_start * VISION_BATCH:(batch_start + 1) * VISION_BATCH]
+                batch = vision_session.run(None, {"pixel_values": preprocess([load_image(g) for g in group], spec)})[0]
+            embeds[0, rows[r] - start] = batch[k % VISION_BATCH, int(r) % per_image]
+        logits = session.forward(embeds)
+    return logits[0, -1]

@@ -137,13 +137,19 @@ class Session:
         params = params or SamplingParams(**kwargs)
         if params.stop_ids is None:
             params = params.replace(stop_ids=tuple(self.bundle.manifest.generation.eos_token_ids))
-        if images or self.bundle.manifest.vision is not None:
-            ids, embeds = self.prompt_embeds(prompt, images)
+        if images:
+            from .multimodal import expand_prompt, stream_prefill
+
+            ids = expand_prompt(self.bundle, prompt, len(images))
+            prefill = lambda: stream_prefill(self, ids, images, self.chunk)  # noqa: E731
         else:
-            ids, embeds = (self.bundle.encode(prompt) if isinstance(prompt, str) else list(prompt)), None
+            from .multimodal import expand_prompt
+
+            ids = expand_prompt(self.bundle, prompt, 0)
+            prefill = None
         self.check_room(len(ids) + max(params.max_new_tokens - 1, 0))
         self.check_memory(len(ids) + params.max_new_tokens)
-        return generate_tokens(self, ids, params, embeds)
+        return generate_tokens(self, ids, params, prefill)
 
     def fork(self) -> "Session":
         """A new session continuing from a copy of this one's state (a shared prefix prefilled once)."""
