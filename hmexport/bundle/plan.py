@@ -6,8 +6,9 @@
 Activation model (float32 intermediates, the larger of):
   - a Mamba layer in standard ops: dA and dBu (C x Di x N each) plus ~8 (C x Di) tensors;
     with fused ops only the ~8 (C x Di) tensors;
-  - an attention layer: scores and probabilities, 2 x C x H x (context) — this grows with the
-    context, so long multi-image prompts want a smaller chunk;
+  - an attention layer: ~5 live copies of the scores, C x H x (context) floats each, capped at
+    ACTIVATION_BUDGET because the runtime shrinks the chunk as the context grows (never below one
+    token, whose scores are the floor);
   - an MLP: C x F x 3 (gate, up, product) and, for MoE, the same per routed expert.
 The largest N that fits solves the same sum for N.
 """
@@ -18,6 +19,11 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 F32 = 4
+# The runtime bounds prefill activations by shrinking the chunk as the context grows: one chunk's
+# attention scores are chunk x H x context floats with ~5 live copies (scores, mask select, softmax,
+# transposes), measured with onnxruntime on longllava-small.
+ACTIVATION_BUDGET = 256 * 2**20
+SCORE_COPIES = 5
 _DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 
@@ -73,7 +79,7 @@ def activation_bytes(p: PlanInputs, context: int) -> int:
         Di, N = p.mamba_dims
         candidates.append(C * Di * (8 + (0 if p.fused else 2 * N)) * F32)
     if p.attention_heads:
-        candidates.append(2 * C * p.attention_heads * context * F32)
+        candidates.append(min(SCORE_COPIES * C * p.attention_heads * context * F32, max(ACTIVATION_BUDGET, SCORE_COPIES * p.attention_heads * context * F32)))
     return max(candidates)
 
 

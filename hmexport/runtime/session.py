@@ -10,6 +10,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from ..errors import InputError
+from ..bundle.plan import ACTIVATION_BUDGET, SCORE_COPIES
 from .generate import SamplingParams, generate_tokens
 from .state import State
 
@@ -33,6 +34,8 @@ class Session:
         self._keep_one = np.ones(1, np.int64)
         self._logits_one = np.zeros((1, 1, self._vocab), _F32)
         self._row_bytes = {t.name: int(np.prod(t.shape)) * 4 for t in self.state.tensors if t.kind == "kv"}
+        attention = bundle.manifest.model.get("attention")
+        self._score_bytes_per_row = SCORE_COPIES * 4 * attention["num_heads"] if attention else 0
 
     @property
     def length(self) -> int:
@@ -102,15 +105,26 @@ class Session:
         if T == 0:
             raise InputError("the prompt is empty: give at least one token")
         self.check_room(T)
-        step = chunk or self.chunk
         parts = []
-        for start in range(0, T, step):
-            end = min(start + step, T)
+        start = 0
+        while start < T:
+            end = min(start + self.step(chunk), T)
             want = max(0, keep - (T - end))  # positions of this chunk among the last ``keep``
             out = self.forward(embeds[:, start:end], keep=min(max(want, 1), end - start))
             if want:
                 parts.append(out[:, -want:].copy())
+            start = end
         return np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
+
+    def step(self, chunk: int | None = None) -> int:
+        """Tokens for the next decoder call: the chunk, shrunk once the attention scores of a chunk
+        (chunk x H x context x ~5 float32 intermediates) would pass ``ACTIVATION_BUDGET``, so prefill
+        memory stays flat however long the context grows."""
+        want = chunk or self.chunk
+        if not self._score_bytes_per_row:
+            return want
+        context = self.state.length + want
+        return max(1, min(want, ACTIVATION_BUDGET // (self._score_bytes_per_row * context)))
 
     def prefill(self, ids: Sequence[int], chunk: int | None = None) -> np.ndarray:
         """Prompt ids -> logits (V,) of the last position."""

@@ -120,3 +120,16 @@ def test_request_over_free_memory_is_refused_with_the_arithmetic(jamba, monkeypa
     with pytest.raises(InputError, match=r"more tokens need ~.* GiB \(K/V .* \+ peak activations .* at chunk 64\) but 0\.00 GiB are available"):
         session.generate(PROMPT, max_new_tokens=8)
     assert session.length == 0
+
+
+def test_chunk_shrinks_under_the_activation_budget_without_changing_tokens(jamba, monkeypatch):
+    from hmexport.runtime import session as session_module
+
+    expected = list(jamba.session(chunk=64).generate(PROMPT * 20, max_new_tokens=6, stop_ids=()))
+    monkeypatch.setattr(session_module, "ACTIVATION_BUDGET", 400_000)
+    session = jamba.session(chunk=64)
+    assert session.step() == 64 and (session.state.length == 0)
+    session.state.length = 200
+    assert session.step() < 64, "a long context must shrink the chunk"
+    session.state.length = 0
+    assert list(session.generate(PROMPT * 20, max_new_tokens=6, stop_ids=())) == expected
