@@ -113,16 +113,18 @@ def build(source: str, out: str | Path, options: BuildOptions = BuildOptions(), 
 
 
 def vision_manifest(ckpt: Checkpoint, spec: ModelSpec) -> dict:
-    """What the runtime needs to turn images into spliced rows: the image token, rows per image, preprocessing."""
+    """What the runtime needs to turn images into spliced rows: the image token, rows per image, preprocessing,
+    and any text the checkpoint's prompt format wraps around each image (LongLLaVA: image_prefix / image_suffix)."""
+    from ..models.registry import image_preprocessing
     from ..runtime.images import ImageSpec
 
-    path = ckpt.path / "preprocessor_config.json"
+    path, pad_to_square, prompt_format = image_preprocessing(ckpt)
     if not path.is_file():
         raise CheckpointError(f"{path}: missing; a multimodal checkpoint needs its image processor settings (copy preprocessor_config.json from the original model)")
-    preprocess = ImageSpec.from_hf_processor_config(read_json(path))
+    preprocess = ImageSpec.from_hf_processor_config(read_json(path), pad_to_square=pad_to_square)
     if preprocess.size != spec.vision.image_size:
         raise CheckpointError(f"{path}: crop/resize size {preprocess.size} does not match vision_config.image_size {spec.vision.image_size}")
-    return {"image_token_id": spec.vision.image_token_id, "tokens_per_image": spec.vision.tokens_per_image, "preprocess": preprocess.to_json()}
+    return {"image_token_id": spec.vision.image_token_id, "tokens_per_image": spec.vision.tokens_per_image, "preprocess": preprocess.to_json(), **prompt_format}
 
 
 def state_layout(spec: ModelSpec) -> list[LayerState]:

@@ -26,6 +26,10 @@ def vision_module(model, vision: VisionSpec):
     """A torch module with explicit steps (no per-image lists, so the batch stays dynamic)."""
     import torch
 
+    own = getattr(model, "vision_module", None)
+    if own is not None:  # a composed reference with its own image path (Cobra's two towers)
+        return own(vision)
+
     class VisionEncoder(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()

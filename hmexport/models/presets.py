@@ -45,6 +45,7 @@ class Preset:
     initializer_range: float | None = None  # None: transformers' default for the model type
     dtype: str = "float32"
     shards: int = 1
+    native: str | None = None  # module in hmexport.models whose write_preset_checkpoint writes it (a native release, converted)
 
 
 _JAMBA_TINY = dict(
@@ -82,6 +83,12 @@ PRESETS: dict[str, Preset] = {
                  vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=56, patch_size=14)),
         ),
         Preset(
+            "cobra-tiny",
+            "Cobra: tiny DINOv2 (registers) + SigLIP towers (56 px -> 16 rows per image), 3-layer GELU projector, "
+            "3-layer Mamba (V=509 padded to 512, tied); written as a native prismatic release, then converted",
+            "cobra", {}, tokenizer_vocab=None, native="cobra_tiny",
+        ),
+        Preset(
             "jamba-small",
             "Jamba for benchmarks: 8 layers, attention on layer 4, MoE (4 experts, top-2) on odd layers, D=512",
             "jamba",
@@ -108,6 +115,10 @@ def write_preset(name: str, out_dir: str | Path, *, seed: int = 0, overwrite: bo
     preset = PRESETS.get(name)
     if preset is None:
         raise PresetError(f"preset {name!r}: unknown; expected one of {', '.join(PRESETS)}")
+    if preset.native is not None:  # not a transformers model: its own writer
+        import importlib
+
+        return importlib.import_module(f".{preset.native}", __package__).write_preset_checkpoint(Path(out_dir), seed=seed, overwrite=overwrite)
     config = dict(preset.config)
     if preset.initializer_range is not None:
         config["initializer_range"] = preset.initializer_range

@@ -77,7 +77,7 @@ class VisionSpec:
     """The image side of a LLaVA-style model: encoder -> feature layer -> drop prefix tokens ->
     optional 2x2 average pooling of the patch grid -> projector -> ``tokens_per_image`` rows of D."""
 
-    encoder: str  # "clip" | "siglip"
+    encoder: str  # "clip" | "siglip" | "dinosiglip" (Cobra: two towers fused per patch, prefix tokens dropped inside)
     image_size: int
     patch_size: int
     feature_layer: int  # index into the encoder's hidden_states (negative counts from the end)
@@ -87,8 +87,8 @@ class VisionSpec:
     pool: int = 1  # 2: average each 2x2 block of the patch grid (LongLLaVA)
 
     def __post_init__(self) -> None:
-        if self.encoder not in ("clip", "siglip"):
-            raise CheckpointError(f"vision encoder: expected 'clip' or 'siglip', got {self.encoder!r}")
+        if self.encoder not in ("clip", "siglip", "dinosiglip"):  # dinosiglip: Cobra's fused towers (models/cobra.py)
+            raise CheckpointError(f"vision encoder: expected 'clip', 'siglip' or 'dinosiglip', got {self.encoder!r}")
         if self.image_size % self.patch_size or (self.image_size // self.patch_size) % self.pool:
             raise CheckpointError(f"vision: image_size {self.image_size} must be a multiple of patch_size {self.patch_size} x pool {self.pool}")
         if self.pool > 1 and self.prefix_tokens != self.leading_tokens:

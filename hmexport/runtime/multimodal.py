@@ -1,9 +1,12 @@
 """Images into a prompt: placeholders -> image token runs, pixels -> the vision graph, rows spliced.
 
 Text prompts mark images with ``<image>``; with no placeholder the images go before the text.
+Where the manifest's ``vision`` has ``image_prefix`` / ``image_suffix`` (LongLLaVA: ``<img>``, ``</img>``),
+each ``<image>`` is wrapped in them as text first, unless the prompt already holds a suffix (LongLLaVA's
+cli.py rule); the text between images is then encoded chunk by chunk, as its ``tokenizer_image_token`` does.
 Token-id prompts arrive already expanded, as transformers' processors produce them:
-``tokens_per_image`` copies of the image token id per image, in order. Every check (counts,
-decoding, sizes) runs before any graph does.
+``tokens_per_image`` copies of the image token id per image, in order (wrapper tokens included).
+Every check (counts, decoding, sizes) runs before any graph does.
 """
 
 from __future__ import annotations
@@ -32,11 +35,14 @@ def expand_prompt(bundle, prompt: str | Sequence[int], n_images: int) -> list[in
         if found != n_images * per_image:
             raise InputError(f"the prompt ids hold {found} image tokens (id {token}), expected {n_images} image(s) x {per_image} = {n_images * per_image}")
         return ids
+    found = prompt.count(PLACEHOLDER)
+    if found and found != n_images:
+        raise InputError(f"the prompt has {found} {PLACEHOLDER} placeholder(s) but {n_images} image(s) were given")
+    prompt = prompt if found else PLACEHOLDER * n_images + prompt
+    prefix, suffix = vision.get("image_prefix", ""), vision.get("image_suffix", "")
+    if (prefix or suffix) and not (suffix and suffix in prompt):
+        prompt = prompt.replace(PLACEHOLDER, prefix + PLACEHOLDER + suffix)
     parts = prompt.split(PLACEHOLDER)
-    if len(parts) == 1:
-        return [token] * (per_image * n_images) + (bundle.encode(prompt) if prompt else [])
-    if len(parts) - 1 != n_images:
-        raise InputError(f"the prompt has {len(parts) - 1} {PLACEHOLDER} placeholder(s) but {n_images} image(s) were given")
     ids: list[int] = bundle.encode(parts[0]) if parts[0] else []
     for part in parts[1:]:
         ids += [token] * per_image + (bundle.encode(part) if part else [])
@@ -79,8 +85,9 @@ def stream_prefill(session, ids: Sequence[int], images: Sequence, chunk: int) ->
     vision_session = session.bundle.sessions["vision"]
     batch_start, batch = -1, None
     logits = None
-    for start in range(0, len(ids), chunk):
-        end = min(start + chunk, len(ids))
+    start = 0
+    while start < len(ids):
+        end = min(start + session.step(chunk), len(ids))
         embeds = session.embed(ids[start:end])
         for r in np.flatnonzero((rows >= start) & (rows < end)):
             k = int(r) // per_image
@@ -90,4 +97,5 @@ def stream_prefill(session, ids: Sequence[int], images: Sequence, chunk: int) ->
                 batch = vision_session.run(None, {"pixel_values": preprocess([load_image(g) for g in group], spec)})[0]
             embeds[0, rows[r] - start] = batch[k % VISION_BATCH, int(r) % per_image]
         logits = session.forward(embeds)
+        start = end
     return logits[0, -1]

@@ -39,7 +39,7 @@ def test_unknown_model_type(ckpt_copy, tmp_path):
     config = json.loads((ckpt_copy / "config.json").read_text())
     config["model_type"] = "gpt2"
     (ckpt_copy / "config.json").write_text(json.dumps(config))
-    with pytest.raises(UnsupportedModelError, match=r"model_type: expected one of jamba, llava, mamba, got 'gpt2'"):
+    with pytest.raises(UnsupportedModelError, match=r"model_type: expected one of (cobra, )?jamba, llava, (llava_jamba, )?mamba, got 'gpt2'"):
         _build(ckpt_copy, tmp_path / "out")
     _assert_nothing_left(tmp_path / "out")
 

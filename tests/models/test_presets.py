@@ -58,7 +58,7 @@ def _expected_state(path: Path) -> dict[str, "torch.Tensor"]:
 def test_required_presets_exist():
     assert set(REQUIRED) <= set(PRESETS)
     for name, preset in PRESETS.items():
-        assert preset.name == name and preset.model_type in ("jamba", "mamba", "llava")
+        assert preset.name == name and preset.model_type in ("jamba", "mamba", "llava", "cobra")
 
 
 @pytest.mark.parametrize("name", TINY)
