@@ -6,7 +6,7 @@ inputs and outputs, per layer i:
 | mixer     | inputs                              | outputs                                       |
 |-----------|-------------------------------------|-----------------------------------------------|
 | mamba     | conv_state.i (B,W-1,Di), ssm_state.i (B,Di,N) | conv_state_out.i, ssm_state_out.i     |
-| attention | key.i, value.i (B,P,Hkv,Dh)         | key_new.i, value_new.i (B,L,Hkv,Dh): new rows |
+| attention | key.i.j, value.i.j (P,Dh), head j   | key_new.i.j, value_new.i.j (L,Dh): new rows   |
 
 ``logits_to_keep`` (int64, shape [1]) picks how many final positions get logits (1 in generation).
 """
@@ -29,12 +29,12 @@ def state_shapes(spec: ModelSpec, i: int) -> dict[str, list[int | str]]:
         m = spec.mamba
         return {f"conv_state.{i}": ["batch", m.d_conv - 1, m.d_inner], f"ssm_state.{i}": ["batch", m.d_inner, m.d_state]}
     a = spec.attention
-    return {f"key.{i}": ["batch", "past", a.num_kv_heads, a.head_dim], f"value.{i}": ["batch", "past", a.num_kv_heads, a.head_dim]}
+    return {f"{kind}.{i}.{j}": ["past", a.head_dim] for kind in ("key", "value") for j in range(a.num_kv_heads)}
 
 
 def state_output_name(input_name: str) -> str:
-    kind, i = input_name.rsplit(".", 1)
-    return f"{kind}_out.{i}" if kind in ("conv_state", "ssm_state") else f"{kind}_new.{i}"
+    kind, rest = input_name.split(".", 1)
+    return f"{kind}_out.{rest}" if kind in ("conv_state", "ssm_state") else f"{kind}_new.{rest}"
 
 
 def build_embed(spec: ModelSpec, weights: dict[str, np.ndarray]) -> Graph:
@@ -48,7 +48,10 @@ def build_embed(spec: ModelSpec, weights: dict[str, np.ndarray]) -> Graph:
 def build_decoder(spec: ModelSpec, weights: dict[str, np.ndarray], ops: str = "standard") -> Graph:
     """``ops="fused"`` puts hmexport::CausalConv1d / hmexport::SelectiveScan in the Mamba layers."""
     g = Graph("decoder")
-    x = g.input("inputs_embeds", F32, ["batch", "seq", spec.hidden_size])
+    # Attention layers compute with 2-D Gemms over each head's K/V rows, so the batch is 1 (the
+    # runtime's sessions are single-sequence); onnxruntime rejects any other batch up front.
+    batch = 1 if spec.attention is not None and any(layer.mixer == "attention" for layer in spec.layers) else "batch"
+    x = g.input("inputs_embeds", F32, [batch, "seq", spec.hidden_size])
     keep = g.input("logits_to_keep", I64, [1])
     state_in = {}
     for i in range(spec.num_layers):
@@ -69,9 +72,12 @@ def build_decoder(spec: ModelSpec, weights: dict[str, np.ndarray], ops: str = "s
                     state_out[f"conv_state_out.{i}"] = (conv, shapes[f"conv_state.{i}"])
                     state_out[f"ssm_state_out.{i}"] = (ssm, shapes[f"ssm_state.{i}"])
                 else:
-                    y, k, v = nn.attention(g, h, weights, f"{p}.mixer", spec.attention, state_in[f"key.{i}"], state_in[f"value.{i}"])
-                    rows = ["batch", "seq", spec.attention.num_kv_heads, spec.attention.head_dim]
-                    state_out[f"key_new.{i}"], state_out[f"value_new.{i}"] = (k, rows), (v, rows)
+                    heads = range(spec.attention.num_kv_heads)
+                    y, k, v = nn.attention(g, h, weights, f"{p}.mixer", spec.attention, [state_in[f"key.{i}.{j}"] for j in heads],
+                                           [state_in[f"value.{i}.{j}"] for j in heads])
+                    rows = ["seq", spec.attention.head_dim]
+                    for j in heads:
+                        state_out[f"key_new.{i}.{j}"], state_out[f"value_new.{i}.{j}"] = (k[j], rows), (v[j], rows)
             x = g.op("Add", [x, y], name="residual_mixer")
             if layer.mlp != "none":
                 h = nn.rms_norm(g, x, weights[f"{p}.ffn_norm.weight"], f"{p}.ffn_norm", spec.norm_eps)

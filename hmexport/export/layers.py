@@ -84,37 +84,52 @@ def moe_mlp(g: Graph, h: str, w: dict[str, np.ndarray], p: str, layer: LayerSpec
         return g.op("Reshape", [out, g.op("Shape", [h])])
 
 
-def attention(g: Graph, h: str, w: dict[str, np.ndarray], p: str, a: AttentionSpec, past_k: str, past_v: str) -> tuple[str, str, str]:
-    """Causal GQA attention over the past K/V (time-major) and this chunk; no positional encoding.
+def attention(g: Graph, h: str, w: dict[str, np.ndarray], p: str, a: AttentionSpec, past_k: list[str], past_v: list[str]) -> tuple[str, list[str], list[str]]:
+    """Causal GQA attention over the past K/V and this chunk; no positional encoding. Batch 1.
+
+    Each K/V head is its own time-major (P, Dh) input, so the runtime binds its filled prefix as is
+    and every product reads it in place (Gemm, transB): nothing copies or transposes the past.
 
     ```
-    q (B,L,H*Dh) -> (B,Hkv,G*L,Dh);  k,v new (B,L,Hkv,Dh) -> returned as the new rows
-    K = concat(past_k, k) (B,P+L,Hkv,Dh) -> (B,Hkv,Dh,T);  scores (B,Hkv,G*L,T), row r sees j <= P + r % L
+    per K/V head j, with its G query heads as rows (G*L, Dh):
+      scores = [q_j @ past_k_j^T | q_j @ k_new_j^T] * Dh^-0.5   (G*L, P+L); row r sees cols <= P + r % L
+      ctx_j  = probs[:, :P] @ past_v_j + probs[:, P:] @ v_new_j  (G*L, Dh)
     ```
-    Returns (output (B,L,D), new key rows, new value rows).
+    Returns (output (1,L,D), new key rows per head (L,Dh), new value rows per head (L,Dh)).
+    Only the scores (chunk x context) grow with the context; the runtime bounds them via the chunk.
     """
     Hkv, G, Dh = a.num_kv_heads, a.num_heads // a.num_kv_heads, a.head_dim
-    q = linear(g, h, w, f"{p}.q_proj")
-    k_new = g.op("Reshape", [linear(g, h, w, f"{p}.k_proj"), g.const([0, 0, Hkv, Dh])], name="k_rows")  # (B, L, Hkv, Dh)
-    v_new = g.op("Reshape", [linear(g, h, w, f"{p}.v_proj"), g.const([0, 0, Hkv, Dh])], name="v_rows")
-    q = g.op("Reshape", [q, g.const([0, 0, Hkv, G, Dh])])
-    q = g.op("Reshape", [g.op("Transpose", [q], perm=[0, 2, 3, 1, 4]), g.const([0, 0, -1, Dh])])  # (B, Hkv, G*L, Dh)
-    keys = g.op("Transpose", [g.op("Concat", [past_k, k_new], axis=1)], perm=[0, 2, 3, 1])  # (B, Hkv, Dh, T)
-    values = g.op("Transpose", [g.op("Concat", [past_v, v_new], axis=1)], perm=[0, 2, 1, 3])  # (B, Hkv, T, Dh)
-    scores = g.op("Mul", [g.op("MatMul", [q, keys]), g.const(float(Dh) ** -0.5)])  # (B, Hkv, G*L, T)
+    q = g.op("Reshape", [linear(g, h, w, f"{p}.q_proj"), g.const([-1, Hkv, G, Dh])])  # (L, Hkv, G, Dh)
+    q = g.op("Transpose", [q], perm=[1, 2, 0, 3])  # (Hkv, G, L, Dh)
+    k_new = g.op("Reshape", [linear(g, h, w, f"{p}.k_proj"), g.const([-1, Hkv, Dh])], name="k_rows")  # (L, Hkv, Dh)
+    v_new = g.op("Reshape", [linear(g, h, w, f"{p}.v_proj"), g.const([-1, Hkv, Dh])], name="v_rows")
     with g.scope("causal_mask"):
-        P = g.op("Gather", [g.op("Shape", [past_k]), g.const(1)], axis=0)
+        P = g.op("Gather", [g.op("Shape", [past_k[0]]), g.const(0)], axis=0)
         L = g.op("Gather", [g.op("Shape", [h]), g.const(1)], axis=0)
-        T = g.op("Add", [P, L])
         rows = g.op("Tile", [g.op("Range", [g.const(0), L, g.const(1)]), g.op("Unsqueeze", [g.const(G), g.const([0])])])  # (G*L,)
         limit = g.op("Unsqueeze", [g.op("Add", [rows, P]), g.const([1])])  # (G*L, 1)
-        cols = g.op("Range", [g.const(0), T, g.const(1)])  # (T,)
-        visible = g.op("LessOrEqual", [cols, limit])  # (G*L, T)
-    probs = g.op("Softmax", [g.op("Where", [visible, scores, g.const(NEG_INF)])], axis=-1)
-    ctx = g.op("MatMul", [probs, values])  # (B, Hkv, G*L, Dh)
-    ctx = g.op("Reshape", [ctx, g.const([0, 0, G, -1, Dh])])  # (B, Hkv, G, L, Dh)
-    ctx = g.op("Reshape", [g.op("Transpose", [ctx], perm=[0, 3, 1, 2, 4]), g.const([0, 0, -1])])  # (B, L, H*Dh)
-    return linear(g, ctx, w, f"{p}.o_proj"), k_new, v_new
+        visible = g.op("LessOrEqual", [g.op("Range", [g.const(0), g.op("Add", [P, L]), g.const(1)]), limit])  # (G*L, P+L)
+    k_rows = g.op("Split", [k_new, g.const([1] * Hkv)], n_out=Hkv, axis=1) if Hkv > 1 else [k_new]
+    v_rows = g.op("Split", [v_new, g.const([1] * Hkv)], n_out=Hkv, axis=1) if Hkv > 1 else [v_new]
+    q_heads = g.op("Split", [q, g.const([1] * Hkv)], n_out=Hkv, axis=0) if Hkv > 1 else [q]
+    scale = g.const(float(Dh) ** -0.5)
+    new_k, new_v, contexts = [], [], []
+    for j in range(Hkv):
+        with g.scope(f"kv_head.{j}"):
+            qj = g.op("Reshape", [q_heads[j], g.const([-1, Dh])])  # (G*L, Dh)
+            kj = g.op("Reshape", [k_rows[j], g.const([-1, Dh])], name="k_new")  # (L, Dh)
+            vj = g.op("Reshape", [v_rows[j], g.const([-1, Dh])], name="v_new")
+            scores = g.op("Concat", [g.op("Gemm", [qj, past_k[j]], transB=1, name="scores_past"), g.op("Gemm", [qj, kj], transB=1, name="scores_new")], axis=1)
+            probs = g.op("Softmax", [g.op("Where", [visible, g.op("Mul", [scores, scale]), g.const(NEG_INF)])], axis=-1)
+            past_part = g.op("Slice", [probs, g.const([0]), g.op("Unsqueeze", [P, g.const([0])]), g.const([1])])
+            new_part = g.op("Slice", [probs, g.op("Unsqueeze", [P, g.const([0])]), g.const([np.iinfo(np.int64).max]), g.const([1])])
+            ctx = g.op("Add", [g.op("Gemm", [past_part, past_v[j]], name="ctx_past"), g.op("Gemm", [new_part, vj], name="ctx_new")])  # (G*L, Dh)
+            contexts.append(g.op("Reshape", [ctx, g.const([G, -1, Dh])]))  # (G, L, Dh)
+            new_k.append(kj)
+            new_v.append(vj)
+    ctx = g.op("Concat", contexts, axis=0) if Hkv > 1 else contexts[0]  # (H, L, Dh), heads in q_proj order
+    ctx = g.op("Reshape", [g.op("Transpose", [ctx], perm=[1, 0, 2]), g.const([1, -1, Hkv * G * Dh])])  # (1, L, H*Dh)
+    return linear(g, ctx, w, f"{p}.o_proj"), new_k, new_v
 
 
 def mamba_mixer(g: Graph, h: str, w: dict[str, np.ndarray], p: str, m: MambaSpec, eps: float, conv_state: str, ssm_state: str,

@@ -88,10 +88,10 @@ class Session:
                 cur, nxt = st.recurrent[t.name], st.spare[t.name]
                 b.bind_input(t.name, "cpu", 0, _F32, cur.shape, cur.ctypes.data)
                 b.bind_output(t.output, "cpu", 0, _F32, nxt.shape, nxt.ctypes.data)
-            else:  # K/V: the filled prefix in, the new rows written in place after it
+            else:  # K/V of one head: the filled prefix in, the new rows written in place after it
                 buf, row = st.kv[t.name], t.shape
-                b.bind_input(t.name, "cpu", 0, _F32, (1, P, *row), buf.ctypes.data)
-                b.bind_output(t.output, "cpu", 0, _F32, (1, L, *row), buf.ctypes.data + P * self._row_bytes[t.name])
+                b.bind_input(t.name, "cpu", 0, _F32, (P, *row), buf.ctypes.data)
+                b.bind_output(t.output, "cpu", 0, _F32, (L, *row), buf.ctypes.data + P * self._row_bytes[t.name])
         logits = self._logits_one if keep == 1 else np.zeros((1, keep, self._vocab), _F32)
         b.bind_output("logits", "cpu", 0, _F32, logits.shape, logits.ctypes.data)
         self._decoder.run_with_iobinding(b)
