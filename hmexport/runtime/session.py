@@ -127,9 +127,18 @@ class Session:
         return max(1, min(want, ACTIVATION_BUDGET // (self._score_bytes_per_row * context)))
 
     def prefill(self, ids: Sequence[int], chunk: int | None = None) -> np.ndarray:
-        """Prompt ids -> logits (V,) of the last position."""
+        """Prompt ids -> logits (V,) of the last position; each chunk is embedded on its own, so a long
+        prompt never holds all its embeddings at once."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if ids.size == 0:
+            raise InputError("the prompt is empty: give at least one token")
         self.check_room(len(ids))
-        return self.prefill_embeds(self.embed(ids), chunk)[0, -1]
+        start, logits = 0, None
+        while start < len(ids):
+            end = min(start + self.step(chunk), len(ids))
+            logits = self.forward(self.embed(ids[start:end]))
+            start = end
+        return logits[0, -1]
 
     def decode(self, token: int) -> np.ndarray:
         """One token in -> logits (V,) for the next."""
