@@ -41,30 +41,26 @@ def write_safetensors(path: Path, tensors: dict[str, np.ndarray], metadata: dict
     return {name: (start + h["data_offsets"][0], h["data_offsets"][1] - h["data_offsets"][0]) for name, h in header.items() if name != "__metadata__"}
 
 
-def read_metadata(path: Path) -> dict[str, str]:
+def _raw_header(path: Path) -> tuple[int, dict]:
     size = path.stat().st_size
     with open(path, "rb") as f:
         n = int.from_bytes(f.read(8), "little")
         if n <= 0 or n > size - 8:
             raise BundleError(f"{path}: not a safetensors file (header length {n}, file {size} bytes)")
         try:
-            return json.loads(f.read(n)).get("__metadata__", {}) or {}
+            return 8 + n, json.loads(f.read(n))
         except json.JSONDecodeError:
             raise BundleError(f"{path}: corrupt safetensors header") from None
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    return _raw_header(path)[1].get("__metadata__", {}) or {}
 
 
 def read_header(path: Path) -> tuple[int, dict[str, dict]]:
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        n = int.from_bytes(f.read(8), "little")
-        if n <= 0 or n > size - 8:
-            raise BundleError(f"{path}: not a safetensors file (header length {n}, file {size} bytes)")
-        try:
-            header = json.loads(f.read(n))
-        except json.JSONDecodeError:
-            raise BundleError(f"{path}: corrupt safetensors header") from None
+    start, header = _raw_header(path)
     header.pop("__metadata__", None)
-    return 8 + n, header
+    return start, header
 
 
 def load_safetensors(path: Path, mmap: bool = True) -> dict[str, np.ndarray]:

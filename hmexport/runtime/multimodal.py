@@ -98,4 +98,4 @@ def stream_prefill(session, ids: Sequence[int], images: Sequence, chunk: int) ->
             embeds[0, rows[r] - start] = batch[k % VISION_BATCH, int(r) % per_image]
         logits = session.forward(embeds)
         start = end
-    return logits[0, -1]
+    return logits[0, -1].copy()

@@ -138,11 +138,11 @@ class Session:
             end = min(start + self.step(chunk), len(ids))
             logits = self.forward(self.embed(ids[start:end]))
             start = end
-        return logits[0, -1]
+        return logits[0, -1].copy()  # forward reuses its output buffer
 
     def decode(self, token: int) -> np.ndarray:
         """One token in -> logits (V,) for the next."""
-        return self.forward(self.embed([token]))[0, -1]
+        return self.forward(self.embed([token]))[0, -1].copy()  # forward reuses its output buffer
 
     def prompt_embeds(self, prompt: Sequence[int] | str, images: Sequence = ()) -> tuple[list[int], np.ndarray]:
         """Prompt (text with ``<image>`` placeholders, or expanded ids) + images -> (ids, (1, L, D) embeddings)."""
