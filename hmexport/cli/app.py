@@ -205,6 +205,35 @@ def _parse_bytes(text: str) -> int:
     return int(float(match.group(1)) * units[(match.group(2) or "B").lower()])
 
 
+convert_app = typer.Typer(help="Convert native checkpoints that are not safetensors (explicit opt-in).", no_args_is_help=True)
+app.add_typer(convert_app, name="convert")
+
+
+@convert_app.command("cobra", epilog="Example:\n\n  hmexport convert cobra cobra+3b/checkpoints/latest-checkpoint.pt --out cobra-3b --dino-weights dinov2.safetensors --siglip-weights siglip.safetensors --allow-pickle")
+def convert_cobra(
+    pickle_path: Annotated[Path, typer.Argument(help="Cobra's prismatic checkpoint (latest-checkpoint.pt).", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint directory to write (safetensors).", show_default=False)],
+    dino_weights: Annotated[Path, typer.Option(help="timm DINOv2-L/14 with registers, as safetensors.", show_default=False)],
+    siglip_weights: Annotated[Path, typer.Option(help="timm SigLIP SO400M/14-384, as safetensors.", show_default=False)],
+    allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Required: open the pickle with torch.load(weights_only=True).")] = False,
+    config: Annotated[Optional[Path], typer.Option(help="The run's config.json (default: next to the checkpoints/ folder).")] = None,
+    tokenizer: Annotated[Optional[Path], typer.Option(help="A directory with tokenizer.json to copy.")] = None,
+    backbones: Annotated[Optional[Path], typer.Option(help="JSON overriding the vision towers' shapes (for non-standard releases).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --out.")] = False,
+) -> None:
+    """Convert Cobra's pickle + timm towers into a safetensors checkpoint directory `hmexport build` reads."""
+    from ..errors import InputError
+    from ..models.cobra import convert_prismatic
+
+    if not allow_pickle:
+        raise InputError(f"{pickle_path}: Cobra's checkpoint is a torch pickle and hmexport never unpickles implicitly; "
+                         f"pass --allow-pickle to convert it once (read with torch.load(weights_only=True): tensors and plain containers only)")
+    towers = json.loads(backbones.read_text()) if backbones else None
+    path = convert_prismatic(pickle_path, out, allow_pickle=allow_pickle, dino_weights=dino_weights, siglip_weights=siglip_weights,
+                             config_path=config, tokenizer_dir=tokenizer, backbones=towers, overwrite=overwrite)
+    print(path)
+
+
 @app.command()
 def presets() -> None:
     """List the built-in presets (seeded random checkpoints; no download)."""

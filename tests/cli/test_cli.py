@@ -99,3 +99,17 @@ def test_run_with_images_and_plan(tmp_path):
     assert plan.returncode == 0, plan.stderr
     info = json.loads(plan.stdout)
     assert info["context_tokens"] == 10 * 16 + 28 and info["max_images"] == (256 - 28) // 16
+
+
+def test_convert_cobra_needs_the_explicit_flag(tmp_path):
+    from hmexport.models.cobra_tiny import BACKBONES, write_replica
+
+    paths = write_replica(tmp_path / "native")
+    (tmp_path / "backbones.json").write_text(json.dumps(BACKBONES))
+    args = ["convert", "cobra", paths["pickle"], "--out", tmp_path / "converted", "--dino-weights", paths["dino"],
+            "--siglip-weights", paths["siglip"], "--backbones", tmp_path / "backbones.json"]
+    refused = hmexport(*args)
+    assert refused.returncode == 2 and "pass --allow-pickle" in refused.stderr and not (tmp_path / "converted").exists()
+    done = hmexport(*args, "--allow-pickle")
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "converted" / "config.json").is_file() and not list((tmp_path / "converted").glob("*.pt"))
