@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from ..errors import CheckpointError
@@ -57,10 +58,23 @@ def spec_from_config(raw: dict[str, Any], where: str) -> ModelSpec:
 
 
 _MIXER = {"mamba": "mamba", "attention": "self_attn"}
-_RENAME = {"dt_norm": "dt_layernorm", "b_norm": "b_layernorm", "c_norm": "c_layernorm"}
 
 
-def checkpoint_key(spec: ModelSpec, name: str) -> str:
+@dataclass(frozen=True)
+class KeyLayout:
+    """How a Jamba checkpoint names its tensors: transformers' names, or AI21's older ones (LongLLaVA)."""
+
+    ffn_norm: str = "pre_ff_layernorm"
+    mamba_norms: tuple[tuple[str, str], ...] = (("dt_norm", "dt_layernorm"), ("b_norm", "b_layernorm"), ("c_norm", "c_layernorm"))
+    legacy_moe: bool = False  # AI21: MLPs under ``moe.``, a dense MLP stored as the one expert ``moe.experts.0.``
+
+
+TRANSFORMERS = KeyLayout()
+AI21_LEGACY = KeyLayout(ffn_norm="pre_moe_layernorm", mamba_norms=(("dt_norm", "dt_layernorm"), ("b_norm", "B_layernorm"), ("c_norm", "C_layernorm")),
+                        legacy_moe=True)
+
+
+def checkpoint_key(spec: ModelSpec, name: str, layout: KeyLayout = TRANSFORMERS) -> str:
     if name == "embed.weight":
         return "model.embed_tokens.weight"
     if name == "final_norm.weight":
@@ -68,12 +82,16 @@ def checkpoint_key(spec: ModelSpec, name: str) -> str:
     if name == "lm_head.weight":
         return name
     _, i, part, rest = name.split(".", 3)
-    prefix = f"model.layers.{i}"
+    prefix, layer = f"model.layers.{i}", spec.layers[int(i)]
     if part == "norm":
         return f"{prefix}.input_layernorm.{rest}"
     if part == "ffn_norm":
-        return f"{prefix}.pre_ff_layernorm.{rest}"
+        return f"{prefix}.{layout.ffn_norm}.{rest}"
     if part == "mixer":
         head, _, tail = rest.partition(".")
-        return f"{prefix}.{_MIXER[spec.layers[int(i)].mixer]}.{_RENAME.get(head, head)}{'.' + tail if tail else ''}"
-    return f"{prefix}.feed_forward.{rest}"  # mlp
+        return f"{prefix}.{_MIXER[layer.mixer]}.{dict(layout.mamba_norms).get(head, head)}{'.' + tail if tail else ''}"
+    if not layout.legacy_moe:
+        return f"{prefix}.feed_forward.{rest}"  # mlp
+    if layer.mlp == "dense":
+        return f"{prefix}.moe.experts.0.{rest}"
+    return f"{prefix}.moe.{rest}"  # router.weight, experts.{e}.{proj}.weight

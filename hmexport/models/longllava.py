@@ -45,7 +45,6 @@ PROJECTOR_PREFIX = "model.mm_projector."
 # train.py never copies it into config.json, so a checkpoint usually does not say it.
 TRAINED_POOLING = "2d"
 _POOL = {"2d": 2}
-_MAMBA_NORMS = {"dt_norm": "dt_layernorm", "b_norm": "B_layernorm", "c_norm": "C_layernorm"}
 
 
 def read_spec(ckpt: Checkpoint) -> ModelSpec:
@@ -102,26 +101,8 @@ def _pool(raw: dict[str, Any], where: str, problems: list[str]) -> int:
 
 
 def text_key(text_arch, spec: ModelSpec, name: str, present: set[str] | None = None) -> str:
-    """The native key of a canonical text tensor (registry passes the text architecture; the layout is fixed)."""
-    if name == "embed.weight":
-        return "model.embed_tokens.weight"
-    if name == "final_norm.weight":
-        return "model.final_layernorm.weight"
-    if name == "lm_head.weight":
-        return name
-    _, i, part, rest = name.split(".", 3)
-    prefix, layer = f"model.layers.{i}", spec.layers[int(i)]
-    if part == "norm":
-        return f"{prefix}.input_layernorm.{rest}"
-    if part == "ffn_norm":
-        return f"{prefix}.pre_moe_layernorm.{rest}"
-    if part == "mixer":
-        head, _, tail = rest.partition(".")
-        mixer = "mamba" if layer.mixer == "mamba" else "self_attn"
-        return f"{prefix}.{mixer}.{_MAMBA_NORMS.get(head, head)}{'.' + tail if tail else ''}"
-    if layer.mlp == "dense":  # AI21 stores a dense MLP as a one-expert MoE block without a router
-        return f"{prefix}.moe.experts.0.{rest}"
-    return f"{prefix}.moe.{rest}"  # router.weight, experts.{e}.{proj}.weight
+    """The native key of a canonical text tensor: Jamba's map with AI21's older names."""
+    return jamba.checkpoint_key(spec, name, jamba.AI21_LEGACY)
 
 
 def vision_tower_dir(ckpt: Checkpoint) -> Path:
