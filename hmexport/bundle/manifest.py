@@ -122,6 +122,7 @@ class Manifest:
     tokenizer: TokenizerInfo | None = None
     validation: dict[str, Any] | None = None  # summary; the full report is the file it names
     vision: dict[str, Any] | None = None  # image_token_id, tokens_per_image, preprocess (runtime.images.ImageSpec)
+    quantization: dict[str, Any] | None = None  # quantized bundles: options, what was kept, source, accuracy report summary
 
     def to_json(self) -> dict[str, Any]:
         return schema.to_json(self)

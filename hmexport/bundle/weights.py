@@ -16,6 +16,11 @@ from ..errors import BundleError
 
 _DTYPES = {"F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32, "U8": np.uint8, "I8": np.int8}
 _CODES = {np.dtype(v): k for k, v in _DTYPES.items()}
+# float8 (fp8 bundles): numpy has no such dtype; written from ml_dtypes arrays, read back as their raw
+# bits (uint8). onnxruntime cannot take such a buffer as an initializer, so the runtime lets it read
+# these tensors itself through the graphs' external-data references (see RAW_BITS).
+RAW_BITS = {"F8_E4M3": "float8_e4m3fn"}
+_DTYPES.update({code: np.uint8 for code in RAW_BITS})
 ALIGN = 64
 
 
@@ -26,9 +31,10 @@ def write_safetensors(path: Path, tensors: dict[str, np.ndarray], metadata: dict
     offset = 0
     for name in order:
         array = tensors[name]
-        if array.dtype not in _CODES:
+        code = _CODES.get(array.dtype) or next((k for k, v in RAW_BITS.items() if array.dtype.name == v), None)
+        if code is None:
             raise BundleError(f"{path.name}: tensor {name!r}: dtype {array.dtype} cannot be stored")
-        header[name] = {"dtype": _CODES[array.dtype], "shape": list(array.shape), "data_offsets": [offset, offset + array.nbytes]}
+        header[name] = {"dtype": code, "shape": list(array.shape), "data_offsets": [offset, offset + array.nbytes]}
         offset += array.nbytes
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-(8 + len(raw)) % ALIGN)

@@ -44,12 +44,25 @@ def build(
     validate: Annotated[bool, typer.Option("--validate/--no-validate", help="Check logits and greedy tokens against transformers (needs torch).")] = True,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing bundle at --out.")] = False,
     ops: Annotated[str, typer.Option(help="standard: ONNX ops only (any onnxruntime); fused: hmexport's SelectiveScan / CausalConv1d custom ops (compiled on first use).")] = "standard",
+    precision: Annotated[str, typer.Option(help="fp32, or int8 / int4 / fp8: build fp32, then quantize (see `hmexport quantize --help`).")] = "fp32",
+    block_size: BlockSizeOpt = 32,
+    accuracy_level: AccuracyLevelOpt = 4,
+    keep: KeepOpt = None,
+    eval_dir: EvalOpt = None,
+    calibration: CalibrationOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Export a checkpoint to an ONNX bundle: embed + decoder graphs, weights, tokenizer, manifest."""
     from ..export.build import BuildOptions, build as run_build
 
     options = BuildOptions(max_tokens=max_tokens, chunk=chunk, validate=validate, overwrite=overwrite, ops=ops)
+    if precision != "fp32":
+        from ..quantize.bundle import build_quantized
+
+        qopts = _quant_options(precision, block_size, accuracy_level, keep)
+        manifest, report = build_quantized(source, out, options, qopts, eval_dirs=eval_dir, calibration=calibration, progress=progress_factory())
+        _print_quantized(out, manifest, report, as_json)
+        return
     manifest = run_build(source, out, options, progress_factory())
     if as_json:
         print(json.dumps({"bundle": str(out), "validation": manifest.validation, "files": {k: v.bytes for k, v in manifest.files.items()}}))
@@ -58,6 +71,57 @@ def build(
     if manifest.validation:
         diffs = ", ".join(f"{g} {d:.2e}" for g, d in manifest.validation["max_abs_diff"].items())
         console.print(f"validation passed: max abs diff {diffs}; greedy tokens identical")
+
+
+BlockSizeOpt = Annotated[int, typer.Option(help="int4: weights per quantization block (16, 32, 64, 128, 256).")]
+AccuracyLevelOpt = Annotated[int, typer.Option(help="int4: onnxruntime MatMulNBits accuracy_level: 0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8 compute (fastest on CPU).")]
+KeepOpt = Annotated[Optional[list[str]], typer.Option("--keep", help="Keep MatMuls whose site matches this pattern in float32 (fnmatch over weight names without .weight, e.g. 'lm_head', 'layers.*.mixer.x_proj'); repeatable; the MoE router is always kept.")]
+EvalOpt = Annotated[Optional[list[Path]], typer.Option("--eval", help="Trained fixture (or its eval/ directory) to measure task accuracy on; repeatable (default: the source checkpoint's eval/ if it has one).")]
+CalibrationOpt = Annotated[Optional[Path], typer.Option(help="fp8: JSONL of calibration prompts (+ images), eval-set format (default: the eval set's calib.jsonl, else seeded prompts).")]
+
+
+def _quant_options(precision: str, block_size: int, accuracy_level: int, keep: list[str] | None):
+    from ..quantize import DEFAULT_KEEP, QuantOptions
+
+    return QuantOptions(precision=precision, block_size=block_size, accuracy_level=accuracy_level, keep=tuple(dict.fromkeys([*DEFAULT_KEEP, *(keep or [])])))
+
+
+def _print_quantized(out: Path, manifest, report: dict, as_json: bool) -> None:
+    from ..quantize.accuracy import format_report, raise_if_failed
+
+    if as_json:
+        print(json.dumps({"bundle": str(out), "quantization": manifest.quantization, "accuracy": report, "files": {k: v.bytes for k, v in manifest.files.items()}}))
+    else:
+        graphs = ", ".join(f"{g}: {v['quantized']} MatMuls" for g, v in manifest.quantization["graphs"].items())
+        console.print(f"[green]quantized[/green] {out}  ({manifest.precision}; {graphs}; {sum(f.bytes for f in manifest.files.values()) / 1e6:.1f} MB)")
+        for line in format_report(report):
+            console.print(line)
+    raise_if_failed(report, str(out))
+
+
+@app.command(epilog="Examples:\n\n  hmexport quantize bundles/kv-jamba --precision int8 --out bundles/kv-jamba-int8\n\n  hmexport quantize bundles/kv-jamba --precision int4 --block-size 32 --out bundles/kv-jamba-int4\n\n  hmexport quantize bundles/kv-jamba --precision fp8 --keep lm_head --out bundles/kv-jamba-fp8")
+def quantize(
+    bundle: BundleArg,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Quantized bundle directory to create.", show_default=False)],
+    precision: Annotated[str, typer.Option(help="int8 (per-channel weights, dynamic activations), int4 (weight-only, blockwise MatMulNBits) or fp8 (e4m3 weights and activations, calibrated QDQ).", show_default=False)],
+    block_size: BlockSizeOpt = 32,
+    accuracy_level: AccuracyLevelOpt = 4,
+    keep: KeepOpt = None,
+    eval_dir: EvalOpt = None,
+    calibration: CalibrationOpt = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing bundle at --out.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Quantize an fp32 bundle; measures task accuracy, top-1 agreement and KL against it and stores the report.
+
+    Exits 3 (the bundle is still written) when the task accuracy drops more than the precision's limit:
+    int8 1 point, int4 2 points, fp8 1 point.
+    """
+    from ..quantize import quantize_bundle
+
+    options = _quant_options(precision, block_size, accuracy_level, keep)
+    manifest, report = quantize_bundle(bundle, out, options, eval_dirs=eval_dir, calibration=calibration, overwrite=overwrite, progress=progress_factory())
+    _print_quantized(out, manifest, report, as_json)
 
 
 @app.command(epilog="Examples:\n\n  hmexport run bundles/jamba-tiny --prompt 'The weather today' --max-new-tokens 32\n\n  hmexport run bundles/jamba-tiny --input-ids 1,17,42 --ignore-eos --json\n\n  hmexport run bundles/llava-jamba-tiny --image a.jpg --image b.png --prompt 'Compare <image> and <image>.'")
@@ -101,12 +165,32 @@ def validate(
     bundle: BundleArg,
     reference: Annotated[Optional[Path], typer.Option(help="Checkpoint directory of the reference (default: the source recorded in the manifest).")] = None,
     new_tokens: Annotated[int, typer.Option(help="Greedy tokens compared per prompt.")] = 16,
+    eval_dir: EvalOpt = None,
+    fp32_bundle: Annotated[Optional[Path], typer.Option(help="Quantized bundles: the fp32 bundle to compare with (default: the one it was quantized from, else rebuilt from its checkpoint).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Compare every graph's outputs and greedy generation with the transformers model; non-zero exit on failure."""
+    """Compare every graph's outputs and greedy generation with the transformers model; non-zero exit on failure.
+
+    A quantized bundle is measured instead against its fp32 bundle: task accuracy on the eval sets,
+    top-1 agreement and KL; it fails when the accuracy drops more than its precision allows.
+    """
     from ..bundle.io import read_manifest
     from ..export.validate import validate as run_validate
 
+    if read_manifest(bundle).quantization:
+        from ..quantize.accuracy import format_report, raise_if_failed
+        from ..quantize.bundle import revalidate
+
+        report = revalidate(bundle, eval_dirs=eval_dir, fp32_bundle=fp32_bundle, progress=progress_factory())
+        if as_json:
+            print(json.dumps(report))
+        else:
+            for line in format_report(report):
+                console.print(line)
+            verdict = {True: "[green]passed[/green]", False: "[red]FAILED[/red]", None: "[yellow]no task accuracy measured[/yellow]"}[report["passed"]]
+            console.print(f"{verdict} ({report['precision']}: task accuracy within {report['threshold_points']:g} points of fp32)")
+        raise_if_failed(report, str(bundle))
+        return
     ref = reference or Path(read_manifest(bundle).provenance.source)
     report = run_validate(bundle, ref, new_tokens=new_tokens, progress=progress_factory())
     if as_json:

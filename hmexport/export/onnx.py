@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto
+from onnx import TensorProto, numpy_helper
 
 from ..bundle.manifest import GraphInfo, TensorInfo
 from ..bundle.weights import write_safetensors
@@ -46,22 +46,52 @@ def write_graphs(root: Path, graphs: list[Graph]) -> dict[str, GraphInfo]:
                 raise ValueError(f"weight {name!r} differs between graphs")
             shared[name] = value
     spans = write_safetensors(root / WEIGHTS_FILE, shared)
-    infos = {}
+    models = {}
     for g in graphs:
-        refs = [_external(name, shared[name], *spans[name]) for name in sorted(g.weights)]
-        model = make_model(g, refs)
-        path = root / f"{g.name}.onnx"
-        domains = sorted({op.domain for op in model.opset_import if op.domain})
-        if domains:
-            _register_custom_schemas()
-        onnx.save_model(model, str(path))
-        onnx.checker.check_model(str(path), full_check=True)
-        infos[g.name] = GraphInfo(file=path.name, inputs=_infos(model.graph.input), outputs=_infos(model.graph.output), ops=domains)
+        refs = [_external(name, ELEM[shared[name].dtype], shared[name].shape, *spans[name]) for name in sorted(g.weights)]
+        models[g.name] = make_model(g, refs)
+    return {name: _save(root, name, model) for name, model in models.items()}
+
+
+def write_models(root: Path, models: dict[str, onnx.ModelProto], min_external_bytes: int = 1024) -> dict[str, GraphInfo]:
+    """Write loaded ModelProtos (a quantized bundle's graphs) like ``write_graphs``: initializers of at least
+    ``min_external_bytes`` go once into the shared weights file, smaller ones stay inside each .onnx file."""
+    shared: dict[str, tuple[int, np.ndarray]] = {}
+    for model in models.values():
+        for t in model.graph.initializer:
+            array = numpy_helper.to_array(t)
+            if array.nbytes < min_external_bytes:
+                continue
+            if t.name in shared and not np.array_equal(shared[t.name][1].view(np.uint8), array.view(np.uint8)):
+                raise ValueError(f"initializer {t.name!r} differs between graphs")
+            shared[t.name] = (t.data_type, array)
+    spans = write_safetensors(root / WEIGHTS_FILE, {name: array for name, (_, array) in shared.items()})
+    infos = {}
+    for name, model in models.items():
+        model = onnx.ModelProto.FromString(model.SerializeToString())
+        inits = list(model.graph.initializer)
+        del model.graph.initializer[:]
+        for t in inits:
+            if t.name in shared:
+                elem, array = shared[t.name]
+                t = _external(t.name, elem, array.shape, *spans[t.name])
+            model.graph.initializer.append(t)
+        infos[name] = _save(root, name, model)
     return infos
 
 
-def _external(name: str, value: np.ndarray, offset: int, length: int) -> onnx.TensorProto:
-    t = onnx.TensorProto(name=name, data_type=ELEM[value.dtype], dims=list(value.shape))
+def _save(root: Path, name: str, model: onnx.ModelProto) -> GraphInfo:
+    path = root / f"{name}.onnx"
+    domains = sorted({op.domain for op in model.opset_import if op.domain and op.domain != "ai.onnx"})
+    if CUSTOM_DOMAIN in domains:
+        _register_custom_schemas()
+    onnx.save_model(model, str(path))
+    onnx.checker.check_model(str(path), full_check=True)
+    return GraphInfo(file=path.name, inputs=_infos(model.graph.input), outputs=_infos(model.graph.output), ops=domains)
+
+
+def _external(name: str, elem: int, shape, offset: int, length: int) -> onnx.TensorProto:
+    t = onnx.TensorProto(name=name, data_type=elem, dims=list(shape))
     t.data_location = onnx.TensorProto.EXTERNAL
     for key, val in (("location", WEIGHTS_FILE), ("offset", str(offset)), ("length", str(length))):
         entry = t.external_data.add()

@@ -17,7 +17,7 @@ import onnxruntime as ort
 
 from ..bundle.io import read_manifest, resolve
 from ..bundle.manifest import Manifest
-from ..bundle.weights import load_safetensors
+from ..bundle.weights import RAW_BITS, load_safetensors, read_header
 from ..errors import BundleError, InputError
 
 
@@ -34,8 +34,10 @@ class Bundle:
         root = Path(path)
         manifest = read_manifest(root, verify=verify)
         custom_ops = _custom_op_libraries(manifest)
-        weights = load_safetensors(resolve(root, manifest.weights))
-        values = {name: ort.OrtValue.ortvalue_from_numpy(np.asarray(arr)) for name, arr in weights.items()}
+        weights_path = resolve(root, manifest.weights)
+        weights = load_safetensors(weights_path)
+        raw = {name for name, h in read_header(weights_path)[1].items() if h["dtype"] in RAW_BITS}  # fp8: onnxruntime reads these itself
+        values = {name: ort.OrtValue.ortvalue_from_numpy(np.asarray(arr)) for name, arr in weights.items() if name not in raw}
         sessions = {}
         for name, info in manifest.graphs.items():
             options = ort.SessionOptions()
@@ -94,9 +96,12 @@ def _memmap_of(array: np.ndarray) -> np.memmap | None:
     return array
 
 
+BUILTIN_DOMAINS = {"com.microsoft"}  # contrib ops every onnxruntime build has (MatMulNBits of int4 bundles)
+
+
 def _custom_op_libraries(manifest: Manifest) -> list[Path]:
     """The custom-op libraries the graphs need (``ops`` in the manifest), compiled on first use."""
-    needed = sorted({op for g in manifest.graphs.values() for op in g.ops})
+    needed = sorted({op for g in manifest.graphs.values() for op in g.ops} - BUILTIN_DOMAINS)
     unknown = [op for op in needed if op != "hmexport"]
     if unknown:
         raise BundleError(f"bundle needs custom op domain(s) {', '.join(unknown)}, which this runtime does not provide; rebuild with --ops standard")

@@ -1,0 +1,7 @@
+"""Quantized bundles: int8 (dynamic), int4 (weight-only, MatMulNBits), fp8 e4m3 (QDQ), with accuracy reports."""
+
+from .accuracy import THRESHOLDS
+from .bundle import quantize_bundle
+from .passes import DEFAULT_KEEP, PRECISIONS, QuantOptions
+
+__all__ = ["DEFAULT_KEEP", "PRECISIONS", "THRESHOLDS", "QuantOptions", "quantize_bundle"]
