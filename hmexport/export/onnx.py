@@ -53,14 +53,15 @@ def write_graphs(root: Path, graphs: list[Graph]) -> dict[str, GraphInfo]:
     return {name: _save(root, name, model) for name, model in models.items()}
 
 
-def write_models(root: Path, models: dict[str, onnx.ModelProto], min_external_bytes: int = 1024) -> dict[str, GraphInfo]:
-    """Write loaded ModelProtos (a quantized bundle's graphs) like ``write_graphs``: initializers of at least
-    ``min_external_bytes`` go once into the shared weights file, smaller ones stay inside each .onnx file."""
+def write_models(root: Path, models: dict[str, onnx.ModelProto], external: set[str] = frozenset(), min_external_bytes: int = 1024) -> dict[str, GraphInfo]:
+    """Write loaded ModelProtos (a quantized bundle's graphs) like ``write_graphs``: the ``external`` names
+    (the source's weights) and any other initializer of at least ``min_external_bytes`` go once into the
+    shared weights file; smaller ones (constants, scales of small tensors) stay inside each .onnx file."""
     shared: dict[str, tuple[int, np.ndarray]] = {}
     for model in models.values():
         for t in model.graph.initializer:
             array = numpy_helper.to_array(t)
-            if array.nbytes < min_external_bytes:
+            if array.nbytes < min_external_bytes and t.name not in external:
                 continue
             if t.name in shared and not np.array_equal(shared[t.name][1].view(np.uint8), array.view(np.uint8)):
                 raise ValueError(f"initializer {t.name!r} differs between graphs")

@@ -83,7 +83,7 @@ def quantize_bundle(
     with staging(Path(out), overwrite=overwrite) as stage:
         from ..export.onnx import write_models
 
-        infos = write_models(stage, models)
+        infos = write_models(stage, models, external=weight_names)
         extra = []
         if manifest.tokenizer:
             shutil.copyfile(resolve(src, manifest.tokenizer.file), stage / manifest.tokenizer.file)

@@ -145,10 +145,20 @@ def _int4(model: onnx.ModelProto, nodes: list[str], options: QuantOptions) -> on
     config = DefaultWeightOnlyQuantConfig(
         block_size=options.block_size, is_symmetric=options.symmetric, accuracy_level=options.accuracy_level or None, op_types_to_quantize=("MatMul",),
     )  # fmt: skip
+    # Its nodes_to_include only adds to op_types_to_quantize, so exclude every other MatMul (subgraphs too).
+    exclude = sorted({n.name for n in _all_nodes(model.graph) if n.op_type == "MatMul"} - set(nodes))
     with _quiet():
-        quantizer = MatMulNBitsQuantizer(model, nodes_to_include=nodes, algo_config=config)
+        quantizer = MatMulNBitsQuantizer(model, nodes_to_exclude=exclude, algo_config=config)
         quantizer.process()
     return toposort(quantizer.model.model)
+
+
+def _all_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            for g in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
+                yield from _all_nodes(g)
 
 
 def subgraph_inputs(node: onnx.NodeProto) -> set[str]:
