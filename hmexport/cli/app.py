@@ -124,6 +124,26 @@ def quantize(
     _print_quantized(out, manifest, report, as_json)
 
 
+@app.command(epilog="Example:\n\n  hmexport sensitivity bundles/kv-jamba --precision int4 --eval fixtures/kv-jamba")
+def sensitivity(
+    bundle: BundleArg,
+    precision: Annotated[str, typer.Option(help="int8, int4 or fp8.", show_default=False)],
+    block_size: BlockSizeOpt = 32,
+    accuracy_level: AccuracyLevelOpt = 4,
+    eval_dir: EvalOpt = None,
+    limit: Annotated[int, typer.Option(help="Eval examples per set and group (the sweep quantizes and measures once per group).")] = 200,
+    by_layer: Annotated[bool, typer.Option("--by-layer/--no-by-layer", help="Also one group per layer.")] = True,
+    as_json: JsonOpt = False,
+) -> None:
+    """Quantize one group of MatMuls at a time (the router included), the rest float32, and measure each group's loss."""
+    from ..quantize import QuantOptions
+    from ..quantize.sensitivity import format_markdown, sweep
+
+    options = QuantOptions(precision=precision, block_size=block_size, accuracy_level=accuracy_level, keep=())
+    result = sweep(bundle, options, eval_dirs=eval_dir, eval_limit=limit, by_layer=by_layer, progress=progress_factory())
+    print(json.dumps(result) if as_json else format_markdown(result))
+
+
 @app.command(epilog="Examples:\n\n  hmexport run bundles/jamba-tiny --prompt 'The weather today' --max-new-tokens 32\n\n  hmexport run bundles/jamba-tiny --input-ids 1,17,42 --ignore-eos --json\n\n  hmexport run bundles/llava-jamba-tiny --image a.jpg --image b.png --prompt 'Compare <image> and <image>.'")
 def run(
     bundle: BundleArg,

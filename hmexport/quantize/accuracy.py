@@ -73,14 +73,18 @@ def eval_report(name: str, fp32: dict[str, list[int]], quantized: dict[str, list
     return {"eval_set": name, "n": sum(v[1] for v in fp32.values()), "fp32": a, "quantized": b, "drop": a - b, "threshold": threshold, "passed": a - b <= threshold, "tasks": tasks}
 
 
-def measure(quantized, reference, eval_sets: Sequence[EvalSet], precision: str, *, agreement_prompts: Sequence[tuple[list[int], list[str]]] = (), progress=None) -> dict[str, Any]:
-    """The full accuracy report of ``quantized`` against its fp32 ``reference`` bundle (both runtime Bundles)."""
+def measure(quantized, reference, eval_sets: Sequence[EvalSet], precision: str, *, agreement_prompts: Sequence[tuple[list[int], list[str]]] = (),
+            progress=None, fp32_cache: dict | None = None) -> dict[str, Any]:
+    """The full accuracy report of ``quantized`` against its fp32 ``reference`` bundle (both runtime Bundles).
+    ``fp32_cache`` (a dict kept by the caller) holds the reference's tallies across calls with the same sets."""
     progress = progress or (lambda desc, total: (lambda n: None))
     threshold = THRESHOLDS[precision]
+    cache = {} if fp32_cache is None else fp32_cache
     sets = []
     for es in eval_sets:
-        advance = progress(f"eval {es.name}", 2 * len(es.examples))
-        fp32 = task_accuracy(reference, es.examples, advance)
+        key = (str(es.path), len(es.examples))
+        advance = progress(f"eval {es.name}", (1 if key in cache else 2) * len(es.examples))
+        fp32 = cache[key] if key in cache else cache.setdefault(key, task_accuracy(reference, es.examples, advance))
         sets.append(eval_report(es.name, fp32, task_accuracy(quantized, es.examples, advance), threshold))
     agree = agreement(quantized, reference, agreement_prompts, advance=progress("top-1 agreement", len(agreement_prompts))) if agreement_prompts else None
     return {"precision": precision, "threshold_points": threshold, "eval_sets": sets, "agreement": agree, "passed": all(s["passed"] for s in sets) if sets else None}

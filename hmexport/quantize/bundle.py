@@ -47,6 +47,7 @@ def quantize_bundle(
     eval_limit: int | None = None,
     overwrite: bool = False,
     progress=None,
+    fp32_cache: dict | None = None,
 ) -> tuple[Manifest, dict[str, Any]]:
     """Quantize bundle ``src`` into ``out``; returns (manifest, accuracy report).
 
@@ -68,7 +69,7 @@ def quantize_bundle(
         models[name] = onnx.load(str(resolve(src, info.file)), load_external_data=True)
         advance(1)
     targets = [n for n in models if n == "decoder" or (n == "vision" and options.quantize_vision)]
-    selections = {n: select(models[n], options.keep, weight_names) for n in targets}
+    selections = {n: select(models[n], options.keep, weight_names, options.only) for n in targets}
     check_patterns(options.keep, [s for sel in selections.values() for s in (*sel.quantize.values(), *sel.keep.values())])
     reference = Bundle.open(src, verify=False)
     calibrate = None
@@ -102,7 +103,7 @@ def quantize_bundle(
         quantized = Bundle.open(stage)
         vocab = int(manifest.model["vocab_size"])
         fallback = lambda: _seeded_prompts(vocab, manifest)  # noqa: E731
-        report = measure(quantized, reference, eval_sets, options.precision, agreement_prompts=prompts_from(eval_sets, fallback), progress=progress)
+        report = measure(quantized, reference, eval_sets, options.precision, agreement_prompts=prompts_from(eval_sets, fallback), progress=progress, fp32_cache=fp32_cache)
         report["eval_dirs"] = [str(es.path.resolve()) for es in eval_sets]
         (stage / ACCURACY_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         new = new.with_files(dict(new.files) | file_infos(stage, [ACCURACY_FILE]), quantization=summary | {"accuracy": _summary(report)})

@@ -44,6 +44,7 @@ class QuantOptions:
     symmetric: bool = True  # int4: no zero points
     keep: tuple[str, ...] = DEFAULT_KEEP  # site patterns left in float32
     quantize_vision: bool = True  # also quantize the vision graph's MatMuls
+    only: tuple[str, ...] | None = None  # site patterns: quantize just these (the sensitivity sweep), else all not kept
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -76,15 +77,16 @@ def site_of(weight_name: str) -> str:
     return weight_name[: -len(".weight")] if weight_name.endswith(".weight") else weight_name
 
 
-def select(model: onnx.ModelProto, keep: Iterable[str], weights: set[str]) -> Selection:
-    """Top-level MatMuls whose second input is a checkpoint weight; ``keep`` patterns over sites."""
-    patterns = tuple(keep)
+def select(model: onnx.ModelProto, keep: Iterable[str], weights: set[str], only: Iterable[str] | None = None) -> Selection:
+    """Top-level MatMuls whose second input is a checkpoint weight; ``keep`` patterns over sites
+    (and, when given, only the sites matching an ``only`` pattern are quantized)."""
+    patterns, wanted = tuple(keep), None if only is None else tuple(only)
     sel = Selection()
     for node in model.graph.node:
         if node.op_type != "MatMul" or len(node.input) != 2 or node.input[1] not in weights:
             continue
         site = site_of(node.input[1])
-        kept = any(fnmatch.fnmatchcase(site, p) for p in patterns)
+        kept = any(fnmatch.fnmatchcase(site, p) for p in patterns) or (wanted is not None and not any(fnmatch.fnmatchcase(site, p) for p in wanted))
         (sel.keep if kept else sel.quantize)[node.name] = site
     return sel
 
