@@ -14,7 +14,8 @@ from ..errors import BundleError
 from . import schema
 
 FORMAT = "hmexport-bundle"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: quantized bundles (`quantization`, precisions int8/int4/fp8, com.microsoft ops, F8_E4M3 weights)
+READABLE_VERSIONS = (1, 2)  # a v1 manifest is a v2 manifest without `quantization`: read as is
 MANIFEST = "manifest.json"
 DTYPES = ("float32", "float16", "int64", "int32", "uint8", "int8")
 
@@ -137,9 +138,9 @@ class Manifest:
         if data.get("format") != FORMAT:
             raise BundleError(f"{where}: format: expected {FORMAT!r}, got {data.get('format')!r}; is this an hmexport bundle?")
         version = data.get("schema_version")
-        if version != SCHEMA_VERSION:
+        if version not in READABLE_VERSIONS:
             raise BundleError(
-                f"{where}: schema_version: expected {SCHEMA_VERSION}, got {version!r}; rebuild the bundle with this hmexport "
+                f"{where}: schema_version: expected one of {', '.join(map(str, READABLE_VERSIONS))}, got {version!r}; rebuild the bundle with this hmexport "
                 f"or open it with the hmexport version that wrote it ({data.get('provenance', {}).get('tool_version', '?')})"
             )
         return schema.from_json(cls, data, where)

@@ -122,8 +122,20 @@ def test_bundle_with_unknown_manifest_version(bundle_copy):
     manifest = json.loads((bundle_copy / "manifest.json").read_text())
     manifest["schema_version"] = 99
     (bundle_copy / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(BundleError, match=r"schema_version: expected 1, got 99"):
+    with pytest.raises(BundleError, match=r"schema_version: expected one of 1, 2, got 99"):
         Bundle.open(bundle_copy)
+
+
+def test_schema_v1_bundle_still_opens(bundle_copy):
+    """Version 2 only added `quantization`: a version-1 manifest reads as is."""
+    from hmexport.runtime import Bundle
+
+    manifest = json.loads((bundle_copy / "manifest.json").read_text())
+    assert manifest["schema_version"] == 2 and manifest["quantization"] is None
+    manifest["schema_version"] = 1
+    del manifest["quantization"]
+    (bundle_copy / "manifest.json").write_text(json.dumps(manifest))
+    assert Bundle.open(bundle_copy).manifest.precision == "fp32"
 
 
 def test_manifest_unknown_key_and_escaping_path(bundle_copy):
