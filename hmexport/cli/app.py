@@ -48,6 +48,7 @@ def build(
     block_size: BlockSizeOpt = 32,
     accuracy_level: AccuracyLevelOpt = 4,
     keep: KeepOpt = None,
+    quantize_vision: VisionOpt = True,
     eval_dir: EvalOpt = None,
     calibration: CalibrationOpt = None,
     as_json: JsonOpt = False,
@@ -59,7 +60,7 @@ def build(
     if precision != "fp32":
         from ..quantize.bundle import build_quantized
 
-        qopts = _quant_options(precision, block_size, accuracy_level, keep)
+        qopts = _quant_options(precision, block_size, accuracy_level, keep, quantize_vision)
         manifest, report = build_quantized(source, out, options, qopts, eval_dirs=eval_dir, calibration=calibration, progress=progress_factory())
         _print_quantized(out, manifest, report, as_json)
         return
@@ -77,13 +78,15 @@ BlockSizeOpt = Annotated[int, typer.Option(help="int4: weights per quantization 
 AccuracyLevelOpt = Annotated[int, typer.Option(help="int4: onnxruntime MatMulNBits accuracy_level: 0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8 compute (fastest on CPU).")]
 KeepOpt = Annotated[Optional[list[str]], typer.Option("--keep", help="Keep MatMuls whose site matches this pattern in float32 (fnmatch over weight names without .weight, e.g. 'lm_head', 'layers.*.mixer.x_proj'); repeatable; the MoE router is always kept.")]
 EvalOpt = Annotated[Optional[list[Path]], typer.Option("--eval", help="Trained fixture (or its eval/ directory) to measure task accuracy on; repeatable (default: the source checkpoint's eval/ if it has one).")]
+VisionOpt = Annotated[bool, typer.Option("--quantize-vision/--no-quantize-vision", help="Also quantize the vision graph's MatMuls (multimodal bundles).")]
 CalibrationOpt = Annotated[Optional[Path], typer.Option(help="fp8: JSONL of calibration prompts (+ images), eval-set format (default: the eval set's calib.jsonl, else seeded prompts).")]
 
 
-def _quant_options(precision: str, block_size: int, accuracy_level: int, keep: list[str] | None):
+def _quant_options(precision: str, block_size: int, accuracy_level: int, keep: list[str] | None, vision: bool = True):
     from ..quantize import DEFAULT_KEEP, QuantOptions
 
-    return QuantOptions(precision=precision, block_size=block_size, accuracy_level=accuracy_level, keep=tuple(dict.fromkeys([*DEFAULT_KEEP, *(keep or [])])))
+    return QuantOptions(precision=precision, block_size=block_size, accuracy_level=accuracy_level, keep=tuple(dict.fromkeys([*DEFAULT_KEEP, *(keep or [])])),
+                        quantize_vision=vision)
 
 
 def _print_quantized(out: Path, manifest, report: dict, as_json: bool) -> None:
@@ -107,6 +110,7 @@ def quantize(
     block_size: BlockSizeOpt = 32,
     accuracy_level: AccuracyLevelOpt = 4,
     keep: KeepOpt = None,
+    quantize_vision: VisionOpt = True,
     eval_dir: EvalOpt = None,
     calibration: CalibrationOpt = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing bundle at --out.")] = False,
@@ -119,7 +123,7 @@ def quantize(
     """
     from ..quantize import quantize_bundle
 
-    options = _quant_options(precision, block_size, accuracy_level, keep)
+    options = _quant_options(precision, block_size, accuracy_level, keep, quantize_vision)
     manifest, report = quantize_bundle(bundle, out, options, eval_dirs=eval_dir, calibration=calibration, overwrite=overwrite, progress=progress_factory())
     _print_quantized(out, manifest, report, as_json)
 

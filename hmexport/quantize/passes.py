@@ -73,7 +73,16 @@ class Selection:
     keep: dict[str, str] = field(default_factory=dict)
 
 
-def site_of(weight_name: str) -> str:
+def site_of(weight_name: str, node_name: str = "") -> str:
+    """``layers.3.mixer.in_proj`` for ``layers.3.mixer.in_proj.weight``. Weights torch.onnx.export named
+    itself (``vision.onnx::MatMul_204``: the vision graph's transposed linears) take the node's path
+    instead: ``/tower/encoder/layers.0/mlp/fc1/MatMul`` -> ``vision.tower.encoder.layers.0.mlp.fc1``."""
+    if "::" in weight_name and node_name.strip("/"):
+        graph = weight_name.split(".", 1)[0]
+        path = node_name.strip("/").split("/")
+        if path[-1].startswith("MatMul"):
+            path = path[:-1]
+        return ".".join([graph, *path])
     return weight_name[: -len(".weight")] if weight_name.endswith(".weight") else weight_name
 
 
@@ -85,7 +94,7 @@ def select(model: onnx.ModelProto, keep: Iterable[str], weights: set[str], only:
     for node in model.graph.node:
         if node.op_type != "MatMul" or len(node.input) != 2 or node.input[1] not in weights:
             continue
-        site = site_of(node.input[1])
+        site = site_of(node.input[1], node.name)
         kept = any(fnmatch.fnmatchcase(site, p) for p in patterns) or (wanted is not None and not any(fnmatch.fnmatchcase(site, p) for p in wanted))
         (sel.keep if kept else sel.quantize)[node.name] = site
     return sel

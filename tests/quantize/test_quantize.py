@@ -136,3 +136,46 @@ def test_accuracy_drop_beyond_threshold_fails(bundles, tmp_path):
         raise_if_failed(report, "q")
     again = revalidate(tmp_path / "q")  # eval dir recorded in accuracy.json, fp32 bundle recorded in the manifest
     assert again["eval_sets"][0]["quantized"] == s["quantized"] and again["passed"] is False
+
+
+@pytest.fixture(scope="module")
+def llava_bundle(tmp_path_factory):
+    from hmexport.export.build import BuildOptions, build
+
+    out = tmp_path_factory.mktemp("llava") / "bundle"
+    build("llava-jamba-tiny", out, BuildOptions(max_tokens=512, chunk=64, validate=False))
+    return out
+
+
+def _photos(tmp_path, n=3):
+    from PIL import Image
+    from skimage import data
+
+    paths = []
+    for i, image in enumerate([data.astronaut(), data.coffee(), data.chelsea()][:n]):
+        Image.fromarray(image).save(tmp_path / f"{i}.png")
+        paths.append(f"{i}.png")
+    return paths
+
+
+def test_multimodal_bundle_quantizes_vision_graph(llava_bundle, tmp_path):
+    manifest = json.loads((llava_bundle / "manifest.json").read_text())
+    token, per = manifest["vision"]["image_token_id"], manifest["vision"]["tokens_per_image"]
+    photos = _photos(tmp_path)
+    rows = [{"input_ids": [1, *[token] * per, 5, 6], "images": photos[:1]}, {"input_ids": [1, *[token] * (2 * per), 9], "images": photos[1:]}]
+    (tmp_path / "calib.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(InputError, match="fp8 needs calibration images for the vision graph"):
+        quantize_bundle(llava_bundle, tmp_path / "nocal", QuantOptions("fp8"), eval_dirs=[])
+    for precision in PRECISIONS:
+        out = tmp_path / precision
+        manifest, _ = quantize_bundle(llava_bundle, out, QuantOptions(precision), calibration=tmp_path / "calib.jsonl", eval_dirs=[])
+        vision = manifest.quantization["graphs"]["vision"]
+        assert vision["quantized"] == 8 and vision["kept"] == []
+        session = Bundle.open(out).session()
+        tokens = list(session.generate("a <image> b", images=[str(tmp_path / photos[0])], max_new_tokens=4, stop_ids=()))
+        assert len(tokens) == 4
+    kept, _ = quantize_bundle(llava_bundle, tmp_path / "kept", QuantOptions("int8", keep=("*.router", "vision.tower.*")), eval_dirs=[])
+    assert kept.quantization["graphs"]["vision"]["quantized"] == 2  # the projector's two linears
+    assert "vision.tower.encoder.layers.0.mlp.fc1" in kept.quantization["graphs"]["vision"]["kept"]
+    whole, _ = quantize_bundle(llava_bundle, tmp_path / "fp32-vision", QuantOptions("int8", quantize_vision=False), eval_dirs=[])
+    assert "vision" not in whole.quantization["graphs"]
