@@ -35,6 +35,7 @@ def describe(root: Path) -> dict[str, Any]:
         "provenance": vars(m.provenance),
         "validation": m.validation,
         "vision": m.vision,
+        "quantization": m.quantization,
     }
 
 
@@ -65,6 +66,15 @@ def render(info: dict[str, Any]) -> str:
     if info["validation"]:
         v = info["validation"]
         lines.append(f"validation {'passed' if v['passed'] else 'FAILED'}: max abs diff {v['max_abs_diff']}, tokens match {v['tokens_match']}")
+    q = info.get("quantization")
+    if q:
+        graphs = ", ".join(f"{g} {v['quantized']} MatMuls" + (f" (kept float32: {', '.join(v['kept'])})" if v["kept"] else "") for g, v in q["graphs"].items())
+        lines.append(f"quantized  {q['precision']}" + (f", block {q['block_size']}, accuracy_level {q['accuracy_level']}" if "block_size" in q else "") + f": {graphs}")
+        acc = q.get("accuracy") or {}
+        sets = "; ".join(f"{name} {v['fp32']:.1f}% -> {v['quantized']:.1f}%" for name, v in acc.get("eval_sets", {}).items()) or "no eval set"
+        verdict = {True: "passed", False: "FAILED", None: "not judged"}[acc.get("passed")]
+        extra = f"; top-1 agreement {100 * acc['top1_agreement']:.1f}%, mean KL {acc['mean_kl']:.4f}" if "top1_agreement" in acc else ""
+        lines.append(f"accuracy   {verdict} (limit {acc.get('threshold_points', '?')} points): {sets}{extra}")
     return "\n".join(lines)
 
 
