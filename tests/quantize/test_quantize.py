@@ -179,3 +179,21 @@ def test_multimodal_bundle_quantizes_vision_graph(llava_bundle, tmp_path):
     assert "vision.tower.encoder.layers.0.mlp.fc1" in kept.quantization["graphs"]["vision"]["kept"]
     whole, _ = quantize_bundle(llava_bundle, tmp_path / "fp32-vision", QuantOptions("int8", quantize_vision=False), eval_dirs=[])
     assert "vision" not in whole.quantization["graphs"]
+
+
+def test_sensitivity_sweep_covers_every_group(bundles, tmp_path):
+    from hmexport.quantize.sensitivity import format_markdown, site_groups, sweep
+
+    options = QuantOptions("int4", keep=())
+    kinds, layers = site_groups(bundles["jamba-moe"], options)
+    assert "layers.*.mlp.router" in kinds and "layers.*.mlp.experts.*.down_proj" in kinds and "lm_head" in kinds
+    assert layers == ["layers.0.*", "layers.1.*", "layers.2.*", "layers.3.*"]
+    _fp32_answers(bundles["jamba-moe"], tmp_path, n=8)
+    result = sweep(bundles["jamba-moe"], options, eval_dirs=[tmp_path], eval_limit=8)
+    assert [r["group"] for r in result["kind"]] == kinds and [r["group"] for r in result["layer"]] == layers
+    for row in result["kind"] + result["layer"]:
+        assert row["drop"] is not None and 0 <= row["top1_agreement"] <= 1 and row["mean_kl"] >= 0
+    head = next(r for r in result["kind"] if r["group"] == "lm_head")
+    router = next(r for r in result["kind"] if r["group"] == "layers.*.mlp.router")
+    assert head["mean_kl"] > router["mean_kl"]  # 512 x 64 head at 4 bits vs a 64 x 4 router
+    assert "| `lm_head` |" in format_markdown(result)
