@@ -25,7 +25,7 @@ from ..bundle.weights import read_header
 from ..errors import InputError
 from .accuracy import measure, prompts_from
 from .evalset import CALIB_FILE, EvalSet, Example, load_eval_set, read_examples
-from .passes import QuantOptions, Selection, check_patterns, quantize_model, select
+from .passes import QuantOptions, check_patterns, quantize_model, select, tied_head, untie_head, wants
 
 ACCURACY_FILE = "accuracy.json"
 CALIBRATION_PROMPTS = (16, 64, 256)  # token counts of the seeded prompts used when no calibration file is given
@@ -69,8 +69,11 @@ def quantize_bundle(
         models[name] = onnx.load(str(resolve(src, info.file)), load_external_data=True)
         advance(1)
     targets = [n for n in models if n == "decoder" or (n == "vision" and options.quantize_vision)]
+    tied = tied_head(models["decoder"], weight_names) is not None
+    if tied and wants("lm_head", options):
+        untie_head(models["decoder"], weight_names)
     selections = {n: select(models[n], options.keep, weight_names, options.only) for n in targets}
-    check_patterns(options.keep, [s for sel in selections.values() for s in (*sel.quantize.values(), *sel.keep.values())])
+    check_patterns(options.keep, [s for sel in selections.values() for s in (*sel.quantize.values(), *sel.keep.values())] + (["lm_head"] if tied else []))
     reference = Bundle.open(src, verify=False)
     calibrate = None
     if options.precision == "fp8":
@@ -171,6 +174,7 @@ def activation_amax(model: onnx.ModelProto, names: list[str], feeds: list[dict[s
     probe.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in known)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # observe the tensors as named
+    options.log_severity_level = 3
     session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
     amax = dict.fromkeys(names, 0.0)
     for feed in feeds:

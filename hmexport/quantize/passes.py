@@ -100,6 +100,45 @@ def select(model: onnx.ModelProto, keep: Iterable[str], weights: set[str], only:
     return sel
 
 
+def wants(site: str, options: QuantOptions) -> bool:
+    """Whether ``options`` would quantize a MatMul at ``site``."""
+    if any(fnmatch.fnmatchcase(site, p) for p in options.keep):
+        return False
+    return options.only is None or any(fnmatch.fnmatchcase(site, p) for p in options.only)
+
+
+def tied_head(model: onnx.ModelProto, weights: set[str]) -> onnx.NodeProto | None:
+    """The decoder's tied head: ``Gemm(x, embed.weight, transB=1)`` reading the embedding table (V, D)."""
+    for node in model.graph.node:
+        if node.op_type != "Gemm" or not node.name.startswith("/lm_head/") or len(node.input) != 2 or node.input[1] not in weights:
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if attrs.get("transB") == 1 and not attrs.get("transA", 0) and attrs.get("alpha", 1.0) == 1.0:
+            return node
+    return None
+
+
+def untie_head(model: onnx.ModelProto, weights: set[str]) -> str | None:
+    """The quantizers take only ``MatMul(x, W)``: rewrite a tied head as a MatMul over its own transposed
+    copy ``lm_head.weight`` (D, V), then quantized like an untied head (the embedding lookup keeps the
+    float32 table). Returns the new weight's name, or None when the decoder has no tied head."""
+    node = tied_head(model, weights)
+    if node is None:
+        return None
+    table = numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == node.input[1]))
+    name = "lm_head.weight"
+    model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(table.T), name))
+    table_name = node.input[1]
+    node.op_type, node.input[1], node.name = "MatMul", name, "/lm_head/matmul"
+    del node.attribute[:]
+    weights.add(name)
+    if not any(table_name in (*n.input, *subgraph_inputs(n)) for n in model.graph.node):  # the embed graph still has its own reference
+        keep = [t for t in model.graph.initializer if t.name != table_name]
+        del model.graph.initializer[:]
+        model.graph.initializer.extend(keep)
+    return name
+
+
 def check_patterns(keep: Iterable[str], sites: Iterable[str]) -> None:
     """A ``--keep`` pattern that matches no MatMul is almost always a typo: refuse it, listing examples."""
     sites = sorted(set(sites))

@@ -17,8 +17,8 @@ PRECISIONS = ("int8", "int4", "fp8")
 # Quantized tensors per precision, as the weights file's safetensors dtype.
 STORED = {"int8": "I8", "int4": "U8", "fp8": "F8_E4M3"}
 # Bound on mean |logit diff| / std(fp32 logits) over a 40-token prompt. Measured on these seeded models
-# (jamba-moe / jamba-dense / mamba): int8 0.011 / 0.010 / 0.037, fp8 0.045 / 0.036 / 0.084, int4 (block 32)
-# 0.093 / 0.080 / 0.185. A wrong scale or axis gives ~1; no quantization at all gives 0.
+# (jamba-moe / jamba-dense / mamba): int8 0.011 / 0.010 / 0.038, fp8 0.045 / 0.036 / 0.088, int4 (block 32)
+# 0.092 / 0.080 / 0.198 (tied head quantized). A wrong scale or axis gives ~1; no quantization at all gives 0.
 LOGIT_BOUND = {"int8": 0.08, "fp8": 0.15, "int4": 0.3}
 
 
@@ -197,3 +197,18 @@ def test_sensitivity_sweep_covers_every_group(bundles, tmp_path):
     router = next(r for r in result["kind"] if r["group"] == "layers.*.mlp.router")
     assert head["mean_kl"] > router["mean_kl"]  # 512 x 64 head at 4 bits vs a 64 x 4 router
     assert "| `lm_head` |" in format_markdown(result)
+
+
+def test_tied_head_is_quantized_from_its_own_copy(bundles, quantized, tmp_path):
+    """Mamba's head reads the embedding table (Gemm transB=1): quantized as a MatMul over a transposed copy;
+    the embedding lookup keeps the float32 table; --keep lm_head leaves the tie alone."""
+    path, manifest, _ = quantized["mamba", "int4"]
+    graph = onnx.load(str(path / "decoder.onnx"), load_external_data=False).graph
+    assert [n.op_type for n in graph.node if n.name.startswith("/lm_head/") and n.op_type in ("Gemm", "MatMul", "MatMulNBits")] == ["MatMulNBits"]
+    assert "embed.weight" not in {t.name for t in graph.initializer}
+    _, header = read_header(path / "weights.safetensors")
+    assert header["embed.weight"]["dtype"] == "F32" and header["lm_head.weight_Q4"]["dtype"] == "U8"
+    kept, _ = quantize_bundle(bundles["mamba"], tmp_path / "k", QuantOptions("int4", keep=("lm_head",)), eval_dirs=[])
+    graph = onnx.load(str(tmp_path / "k" / "decoder.onnx"), load_external_data=False).graph
+    assert [n.op_type for n in graph.node if n.name.startswith("/lm_head/") and n.op_type in ("Gemm", "MatMul", "MatMulNBits")] == ["Gemm"]
+    assert kept.quantization["graphs"]["decoder"]["quantized"] == manifest.quantization["graphs"]["decoder"]["quantized"] - 1
