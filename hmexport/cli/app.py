@@ -48,6 +48,7 @@ def build(
     block_size: BlockSizeOpt = 32,
     accuracy_level: AccuracyLevelOpt = 4,
     keep: KeepOpt = None,
+    default_keep: DefaultKeepOpt = True,
     quantize_vision: VisionOpt = True,
     eval_dir: EvalOpt = None,
     calibration: CalibrationOpt = None,
@@ -60,7 +61,7 @@ def build(
     if precision != "fp32":
         from ..quantize.bundle import build_quantized
 
-        qopts = _quant_options(precision, block_size, accuracy_level, keep, quantize_vision)
+        qopts = _quant_options(precision, block_size, accuracy_level, keep, quantize_vision, default_keep)
         manifest, report = build_quantized(source, out, options, qopts, eval_dirs=eval_dir, calibration=calibration, progress=progress_factory())
         _print_quantized(out, manifest, report, as_json)
         return
@@ -76,17 +77,18 @@ def build(
 
 BlockSizeOpt = Annotated[int, typer.Option(help="int4: weights per quantization block (16, 32, 64, 128, 256).")]
 AccuracyLevelOpt = Annotated[int, typer.Option(help="int4: onnxruntime MatMulNBits accuracy_level: 0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8 compute (fastest on CPU).")]
-KeepOpt = Annotated[Optional[list[str]], typer.Option("--keep", help="Keep MatMuls whose site matches this pattern in float32 (fnmatch over weight names without .weight, e.g. 'lm_head', 'layers.*.mixer.x_proj'); repeatable; the MoE router is always kept.")]
+KeepOpt = Annotated[Optional[list[str]], typer.Option("--keep", help="Keep MatMuls whose site matches this pattern in float32 (fnmatch over weight names without .weight, e.g. 'lm_head', 'layers.1*'); repeatable; added to the defaults.")]
+DefaultKeepOpt = Annotated[bool, typer.Option("--default-keep/--no-default-keep", help="Keep the defaults in float32: the MoE router and the Mamba mixers' x_proj and dt_proj (docs/quantization.md).")]
 EvalOpt = Annotated[Optional[list[Path]], typer.Option("--eval", help="Trained fixture (or its eval/ directory) to measure task accuracy on; repeatable (default: the source checkpoint's eval/ if it has one).")]
 VisionOpt = Annotated[bool, typer.Option("--quantize-vision/--no-quantize-vision", help="Also quantize the vision graph's MatMuls (multimodal bundles).")]
 CalibrationOpt = Annotated[Optional[Path], typer.Option(help="fp8: JSONL of calibration prompts (+ images), eval-set format (default: the eval set's calib.jsonl, else seeded prompts).")]
 
 
-def _quant_options(precision: str, block_size: int, accuracy_level: int, keep: list[str] | None, vision: bool = True):
+def _quant_options(precision: str, block_size: int, accuracy_level: int, keep: list[str] | None, vision: bool = True, defaults: bool = True):
     from ..quantize import DEFAULT_KEEP, QuantOptions
 
-    return QuantOptions(precision=precision, block_size=block_size, accuracy_level=accuracy_level, keep=tuple(dict.fromkeys([*DEFAULT_KEEP, *(keep or [])])),
-                        quantize_vision=vision)
+    patterns = [*(DEFAULT_KEEP if defaults else ()), *(keep or [])]
+    return QuantOptions(precision=precision, block_size=block_size, accuracy_level=accuracy_level, keep=tuple(dict.fromkeys(patterns)), quantize_vision=vision)
 
 
 def _print_quantized(out: Path, manifest, report: dict, as_json: bool) -> None:
@@ -110,6 +112,7 @@ def quantize(
     block_size: BlockSizeOpt = 32,
     accuracy_level: AccuracyLevelOpt = 4,
     keep: KeepOpt = None,
+    default_keep: DefaultKeepOpt = True,
     quantize_vision: VisionOpt = True,
     eval_dir: EvalOpt = None,
     calibration: CalibrationOpt = None,
@@ -123,7 +126,7 @@ def quantize(
     """
     from ..quantize import quantize_bundle
 
-    options = _quant_options(precision, block_size, accuracy_level, keep, quantize_vision)
+    options = _quant_options(precision, block_size, accuracy_level, keep, quantize_vision, default_keep)
     manifest, report = quantize_bundle(bundle, out, options, eval_dirs=eval_dir, calibration=calibration, overwrite=overwrite, progress=progress_factory())
     _print_quantized(out, manifest, report, as_json)
 
@@ -139,7 +142,7 @@ def sensitivity(
     by_layer: Annotated[bool, typer.Option("--by-layer/--no-by-layer", help="Also one group per layer.")] = True,
     as_json: JsonOpt = False,
 ) -> None:
-    """Quantize one group of MatMuls at a time (the router included), the rest float32, and measure each group's loss."""
+    """Quantize one group of MatMuls at a time (the default-kept ones included), the rest float32, and measure each group's loss."""
     from ..quantize import QuantOptions
     from ..quantize.sensitivity import format_markdown, sweep
 

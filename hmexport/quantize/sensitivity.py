@@ -16,7 +16,7 @@ from typing import Any, Sequence
 from ..bundle.io import read_manifest, resolve
 from ..bundle.weights import read_header
 from .bundle import default_eval_dirs, quantize_bundle
-from .passes import QuantOptions, select
+from .passes import QuantOptions, select, tied_head, wants
 
 import onnx
 
@@ -28,8 +28,10 @@ def site_groups(bundle_dir: str | Path, options: QuantOptions) -> tuple[list[str
     sites: list[str] = []
     for name, info in manifest.graphs.items():
         if name == "decoder" or (name == "vision" and options.quantize_vision):
-            sel = select(onnx.load(str(resolve(Path(bundle_dir), info.file)), load_external_data=False), options.keep, weights)
-            sites += sel.quantize.values()
+            model = onnx.load(str(resolve(Path(bundle_dir), info.file)), load_external_data=False)
+            sites += select(model, options.keep, weights).quantize.values()
+            if name == "decoder" and tied_head(model, weights) is not None and wants("lm_head", options):
+                sites.append("lm_head")  # a tied head, quantized from its own copy (passes.untie_head)
     kinds = sorted({re.sub(r"\.\d+(?=\.|$)", ".*", s) for s in sites})
     layers = sorted({m.group(0) + ".*" for s in sites if (m := re.match(r"layers\.\d+", s))}, key=lambda p: int(p.split(".")[1]))
     return kinds, layers

@@ -10,7 +10,7 @@ import pytest
 
 from hmexport.bundle.weights import read_header
 from hmexport.errors import InputError, ValidationFailed
-from hmexport.quantize import QuantOptions, quantize_bundle
+from hmexport.quantize import DEFAULT_KEEP, QuantOptions, quantize_bundle
 from hmexport.runtime import Bundle
 
 PRECISIONS = ("int8", "int4", "fp8")
@@ -65,22 +65,24 @@ def test_weights_quantized_and_float32_kept(bundles, quantized, precision):
         assert q, f"{site}: no {STORED[precision]} tensor in {sorted(n for n in dtypes if n.startswith(site))}"
         assert site + ".weight" not in dtypes
     # float32 by default: embedding, norms, conv, A_log, D, dt bias, router
-    for name in ("embed.weight", "layers.0.mixer.A_log", "layers.0.mixer.D", "layers.0.mixer.conv1d.weight", "layers.0.mixer.dt_proj.bias", "layers.1.mlp.router.weight"):
+    for name in ("embed.weight", "layers.0.mixer.A_log", "layers.0.mixer.D", "layers.0.mixer.conv1d.weight", "layers.0.mixer.dt_proj.bias", "layers.1.mlp.router.weight",
+                 "layers.0.mixer.x_proj.weight", "layers.2.mixer.dt_proj.weight"):
         assert dtypes.get(name) == "F32", f"{name}: {dtypes.get(name)}"
     graph = onnx.load(str(path / "decoder.onnx"), load_external_data=False).graph
     router = [n for n in graph.node if n.name.endswith("/router")]
     assert [n.op_type for n in router] == ["MatMul", "MatMul"]
-    assert manifest.quantization["graphs"]["decoder"]["kept"] == ["layers.1.mlp.router", "layers.3.mlp.router"]
+    assert manifest.quantization["graphs"]["decoder"]["kept"] == [
+        "layers.0.mixer.dt_proj", "layers.0.mixer.x_proj", "layers.1.mlp.router", "layers.2.mixer.dt_proj", "layers.2.mixer.x_proj", "layers.3.mlp.router"]
     if precision == "int4":
         assert manifest.graphs["decoder"].ops == ["com.microsoft"] and manifest.quantization["block_size"] == 32
         assert sum(n.op_type == "MatMulNBits" for n in graph.node) == manifest.quantization["graphs"]["decoder"]["quantized"]
 
 
 def test_keep_patterns_leave_sites_in_float32(bundles, tmp_path):
-    manifest, _ = quantize_bundle(bundles["jamba-moe"], tmp_path / "q", QuantOptions("int8", keep=("*.router", "lm_head", "layers.*.mixer.x_proj")), eval_dirs=[])
+    manifest, _ = quantize_bundle(bundles["jamba-moe"], tmp_path / "q", QuantOptions("int8", keep=("*.router", "lm_head", "layers.2.*")), eval_dirs=[])
     _, header = read_header(tmp_path / "q" / "weights.safetensors")
-    assert header["lm_head.weight"]["dtype"] == "F32" and header["layers.2.mixer.x_proj.weight"]["dtype"] == "F32"
-    assert header["layers.2.mixer.in_proj.weight_quantized"]["dtype"] == "I8"
+    assert header["lm_head.weight"]["dtype"] == "F32" and header["layers.2.mixer.in_proj.weight"]["dtype"] == "F32"
+    assert header["layers.0.mixer.in_proj.weight_quantized"]["dtype"] == "I8" and header["layers.0.mixer.x_proj.weight_quantized"]["dtype"] == "I8"
     assert "lm_head" in manifest.quantization["graphs"]["decoder"]["kept"]
 
 
@@ -208,7 +210,7 @@ def test_tied_head_is_quantized_from_its_own_copy(bundles, quantized, tmp_path):
     assert "embed.weight" not in {t.name for t in graph.initializer}
     _, header = read_header(path / "weights.safetensors")
     assert header["embed.weight"]["dtype"] == "F32" and header["lm_head.weight_Q4"]["dtype"] == "U8"
-    kept, _ = quantize_bundle(bundles["mamba"], tmp_path / "k", QuantOptions("int4", keep=("lm_head",)), eval_dirs=[])
+    kept, _ = quantize_bundle(bundles["mamba"], tmp_path / "k", QuantOptions("int4", keep=(*DEFAULT_KEEP, "lm_head")), eval_dirs=[])
     graph = onnx.load(str(tmp_path / "k" / "decoder.onnx"), load_external_data=False).graph
     assert [n.op_type for n in graph.node if n.name.startswith("/lm_head/") and n.op_type in ("Gemm", "MatMul", "MatMulNBits")] == ["Gemm"]
     assert kept.quantization["graphs"]["decoder"]["quantized"] == manifest.quantization["graphs"]["decoder"]["quantized"] - 1
