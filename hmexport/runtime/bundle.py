@@ -55,6 +55,12 @@ class Bundle:
             # Spinning worker threads fight the calling thread on small machines: measured on 2 cores,
             # a jamba-small decode step takes 23 ms with spinning and 12 ms without.
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            if manifest.precision == "fp8":
+                # onnxruntime's CPU provider has no fp8 GEMM; by default it keeps each weight's
+                # DequantizeLinear in the graph (a QDQ unit) and dequantizes every weight on every call:
+                # 128 ms per jamba-small decode step. Without the QDQ transformations the weight DQs fold
+                # to float32 constants at load (same numbers; the activations' Q/DQ still run): 11.8 ms.
+                options.add_session_config_entry("session.disable_quant_qdq", "1")
             if name in CHANGING_SHAPE_GRAPHS:
                 options.enable_mem_pattern = False  # see CHANGING_SHAPE_GRAPHS
             for library in custom_ops:
