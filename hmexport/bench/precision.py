@@ -27,16 +27,16 @@ def cache_dir() -> Path:
     return Path(os.environ.get("HMEXPORT_CACHE", Path.home() / ".cache" / "hmexport")) / "bench" / "precision"
 
 
-def prepare(source: str, precisions: tuple[str, ...], progress=None) -> dict[str, tuple[Path, dict | None]]:
+def prepare(source: str, precisions: tuple[str, ...], progress=None, ops: str = "standard") -> dict[str, tuple[Path, dict | None]]:
     """precision -> (bundle dir, accuracy report or None for fp32); built once, rebuilt when missing."""
     from ..export.build import BuildOptions, build
     from ..quantize import QuantOptions, quantize_bundle
 
     name = Path(source).name if Path(source).exists() else source
-    root = cache_dir() / name
+    root = cache_dir() / (name if ops == "standard" else f"{name}-{ops}")
     fp32 = root / "fp32"
     if not (fp32 / "manifest.json").is_file():
-        build(source, fp32, BuildOptions(validate=False, overwrite=True), progress)
+        build(source, fp32, BuildOptions(validate=False, overwrite=True, ops=ops), progress)
     out: dict[str, tuple[Path, dict | None]] = {"fp32": (fp32, None)}
     for p in precisions:
         if p == "fp32":
@@ -46,7 +46,8 @@ def prepare(source: str, precisions: tuple[str, ...], progress=None) -> dict[str
     return out
 
 
-def run(sources: list[str], precisions: tuple[str, ...], *, prompt_tokens: int = 512, new_tokens: int = 64, repeats: int = 3, threads: int | None = None, progress=None) -> dict[str, Any]:
+def run(sources: list[str], precisions: tuple[str, ...], *, prompt_tokens: int = 512, new_tokens: int = 64, repeats: int = 3, threads: int | None = None,
+        ops: str = "standard", progress=None) -> dict[str, Any]:
     from ..bundle.io import read_manifest
     from .run import _in_subprocess, _runtime_half, _usable_cpus, _versions
     from .memory import device_info
@@ -54,7 +55,7 @@ def run(sources: list[str], precisions: tuple[str, ...], *, prompt_tokens: int =
     threads = threads or _usable_cpus()
     rows = []
     for source in sources:
-        bundles = prepare(source, precisions, progress)
+        bundles = prepare(source, precisions, progress, ops)
         vocab = int(read_manifest(bundles["fp32"][0], verify=False).model["vocab_size"])
         ids = np.random.default_rng(0).integers(3, vocab, size=prompt_tokens + new_tokens).tolist()
         for p in precisions:
@@ -70,7 +71,7 @@ def run(sources: list[str], precisions: tuple[str, ...], *, prompt_tokens: int =
     return {
         "schema": "hmexport-bench-precision/1",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "params": {"prompt_tokens": prompt_tokens, "new_tokens": new_tokens, "repeats": repeats, "threads": threads},
+        "params": {"prompt_tokens": prompt_tokens, "new_tokens": new_tokens, "repeats": repeats, "threads": threads, "ops": ops},
         "versions": _versions(),
         "device": device_info(),
         "rows": rows,
@@ -80,7 +81,7 @@ def run(sources: list[str], precisions: tuple[str, ...], *, prompt_tokens: int =
 def format_markdown(result: dict[str, Any]) -> str:
     p = result["params"]
     lines = [
-        f"Prompt {p['prompt_tokens']} tokens, {p['new_tokens']} decoded, median of {p['repeats']}, {p['threads']} threads.",
+        f"Prompt {p['prompt_tokens']} tokens, {p['new_tokens']} decoded, median of {p['repeats']}, {p['threads']} threads, --ops {p.get('ops', 'standard')}.",
         "",
         "| model | precision | bundle MB (x fp32) | peak RSS MiB | prefill tok/s | decode ms/token (speed-up) | task accuracy fp32 -> quantized | top-1 agreement | mean KL |",
         "|---|---|---:|---:|---:|---:|---|---:|---:|",
@@ -112,6 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--ops", choices=("standard", "fused"), default="standard", help="build the fp32 bundle with these Mamba ops")
     parser.add_argument("--out", type=Path, default=None, help="write OUT.json and OUT.md")
     args = parser.parse_args(argv)
     from ..cli.ui import progress_factory
@@ -122,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     if unknown or "fp32" not in precisions:
         parser.error(f"--precisions: expected fp32 and any of {', '.join(PRECISIONS[1:])}, got {args.precisions!r}")
     result = run(args.sources, precisions, prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens, repeats=args.repeats,
-                 threads=args.threads, progress=progress_factory())  # fmt: skip
+                 threads=args.threads, ops=args.ops, progress=progress_factory())  # fmt: skip
     table = format_markdown(result)
     print(table)
     if args.out:

@@ -78,7 +78,10 @@ def quantize_bundle(
     calibrate = None
     if options.precision == "fp8":
         samples = calibration_samples(reference, calibration, eval_sets)
-        calibrate = lambda model, names, graph: activation_amax(model, names, calibration_feeds(reference, samples, graph))  # noqa: E731
+        from ..runtime.bundle import _custom_op_libraries
+
+        libraries = _custom_op_libraries(manifest)  # --ops fused graphs need hmexport's op library to run
+        calibrate = lambda model, names, graph: activation_amax(model, names, calibration_feeds(reference, samples, graph), libraries)  # noqa: E731
     advance = progress(f"quantizing ({options.precision})", len(targets))
     for name in targets:
         cal = (lambda model, names, _n=name: calibrate(model, names, _n)) if calibrate else None
@@ -163,7 +166,7 @@ def calibration_feeds(bundle, samples: Sequence[Example], graph: str) -> list[di
     return feeds
 
 
-def activation_amax(model: onnx.ModelProto, names: list[str], feeds: list[dict[str, np.ndarray]]) -> dict[str, float]:
+def activation_amax(model: onnx.ModelProto, names: list[str], feeds: list[dict[str, np.ndarray]], libraries: Sequence[Path] = ()) -> dict[str, float]:
     """Largest |x| of each named tensor of ``model`` over the calibration feeds (the tensors made graph outputs)."""
     import onnxruntime as ort
 
@@ -175,6 +178,8 @@ def activation_amax(model: onnx.ModelProto, names: list[str], feeds: list[dict[s
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # observe the tensors as named
     options.log_severity_level = 3
+    for library in libraries:
+        options.register_custom_ops_library(str(library))
     session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
     amax = dict.fromkeys(names, 0.0)
     for feed in feeds:

@@ -188,7 +188,8 @@ def _int8(model: onnx.ModelProto, nodes: list[str]) -> onnx.ModelProto:
         out = Path(tmp) / "model.onnx"
         quantize_dynamic(
             model, out, per_channel=True, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"], nodes_to_quantize=nodes,
-            extra_options={"MatMulConstBOnly": True}, use_external_data_format=True,
+            # DefaultTensorType: shape inference stops at --ops fused's custom nodes; every tensor here is float32
+            extra_options={"MatMulConstBOnly": True, "DefaultTensorType": TensorProto.FLOAT}, use_external_data_format=True,
         )  # fmt: skip
         return toposort(onnx.load(str(out), load_external_data=True))
 

@@ -214,3 +214,14 @@ def test_tied_head_is_quantized_from_its_own_copy(bundles, quantized, tmp_path):
     graph = onnx.load(str(tmp_path / "k" / "decoder.onnx"), load_external_data=False).graph
     assert [n.op_type for n in graph.node if n.name.startswith("/lm_head/") and n.op_type in ("Gemm", "MatMul", "MatMulNBits")] == ["Gemm"]
     assert kept.quantization["graphs"]["decoder"]["quantized"] == manifest.quantization["graphs"]["decoder"]["quantized"] - 1
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_fused_ops_bundles_quantize(fused_bundles, tmp_path, precision):
+    """--ops fused graphs (hmexport::SelectiveScan / CausalConv1d): shape inference stops at the custom
+    nodes (int8 needs the default tensor type) and fp8 calibration must load the op library."""
+    manifest, report = quantize_bundle(fused_bundles["jamba-moe"], tmp_path / "q", QuantOptions(precision), eval_dirs=[])
+    assert manifest.graphs["decoder"].ops[-1] == "hmexport" and report["agreement"]["top1_agreement"] >= 0.5
+    ids = np.random.default_rng(3).integers(3, 500, 40).tolist()
+    got, want = _logits(tmp_path / "q", ids), _logits(fused_bundles["jamba-moe"], ids)
+    assert 0 < np.mean(np.abs(got - want)) / want.std() < LOGIT_BOUND[precision]
