@@ -131,7 +131,7 @@ def quantize(
     _print_quantized(out, manifest, report, as_json)
 
 
-@app.command(epilog="Example:\n\n  hmexport sensitivity bundles/kv-jamba --precision int4 --eval fixtures/kv-jamba")
+@app.command(epilog="Example:\n\n  hmexport sensitivity bundles/kv-jamba --precision int4 --eval path/to/trained-checkpoint")
 def sensitivity(
     bundle: BundleArg,
     precision: Annotated[str, typer.Option(help="int8, int4 or fp8.", show_default=False)],

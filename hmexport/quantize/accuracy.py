@@ -114,5 +114,5 @@ def format_report(report: dict[str, Any]) -> list[str]:
         a = report["agreement"]
         lines.append(f"top-1 agreement with fp32 {100 * a['top1_agreement']:.1f}% over {a['tokens']} generated tokens ({a['prompts']} prompts); mean KL {a['mean_kl']:.4f}")
     if not report["eval_sets"]:
-        lines.append("no eval set: task accuracy not measured (pass --eval FIXTURE_DIR; see fixtures/README.md)")
+        lines.append("no eval set: task accuracy not measured (pass --eval DIR: a trained checkpoint with eval/eval.jsonl; docs/quantization.md)")
     return lines

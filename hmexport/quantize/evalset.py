@@ -47,7 +47,7 @@ def eval_dir_of(path: str | Path) -> Path:
         return path / "eval"
     if (path / EVAL_FILE).is_file():
         return path
-    raise InputError(f"{path}: no {EVAL_FILE} here or in {path / 'eval'}; expected a trained fixture directory (see fixtures/README.md)")
+    raise InputError(f"{path}: no {EVAL_FILE} here or in {path / 'eval'}; expected a trained checkpoint directory with eval/eval.jsonl (docs/quantization.md)")
 
 
 def load_eval_set(path: str | Path, limit: int | None = None) -> EvalSet:
