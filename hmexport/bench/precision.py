@@ -28,14 +28,16 @@ def cache_dir() -> Path:
 
 
 def prepare(source: str, precisions: tuple[str, ...], progress=None, ops: str = "standard") -> dict[str, tuple[Path, dict | None]]:
-    """precision -> (bundle dir, accuracy report or None for fp32); built once, rebuilt when missing."""
-    from ..export.build import BuildOptions, build
+    """precision -> (bundle dir, accuracy report or None for fp32); the fp32 bundle is built once and
+    rebuilt when missing or when the checkpoint it came from has changed (path or weights)."""
+    from ..export.build import BuildOptions, build, resolve_source
+    from ..models.checkpoint import Checkpoint
     from ..quantize import QuantOptions, quantize_bundle
 
     name = Path(source).name if Path(source).exists() else source
     root = cache_dir() / (name if ops == "standard" else f"{name}-{ops}")
     fp32 = root / "fp32"
-    if not (fp32 / "manifest.json").is_file():
+    if not (fp32 / "manifest.json").is_file() or _built_from(fp32) != _fingerprint(Checkpoint.open(resolve_source(source)[0])):
         build(source, fp32, BuildOptions(validate=False, overwrite=True, ops=ops), progress)
     out: dict[str, tuple[Path, dict | None]] = {"fp32": (fp32, None)}
     for p in precisions:
@@ -44,6 +46,15 @@ def prepare(source: str, precisions: tuple[str, ...], progress=None, ops: str = 
         _, report = quantize_bundle(fp32, root / p, QuantOptions(p), overwrite=True, progress=progress)
         out[p] = (root / p, report)
     return out
+
+
+def _fingerprint(ckpt) -> tuple[str, str]:
+    return str(Path(ckpt.path).resolve()), ckpt.sha256()
+
+
+def _built_from(bundle: Path) -> tuple[str, str] | None:
+    prov = json.loads((bundle / "manifest.json").read_text()).get("provenance") or {}
+    return prov.get("source"), prov.get("source_sha256")
 
 
 def run(sources: list[str], precisions: tuple[str, ...], *, prompt_tokens: int = 512, new_tokens: int = 64, repeats: int = 3, threads: int | None = None,
