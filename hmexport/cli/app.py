@@ -49,6 +49,7 @@ def build(
     accuracy_level: AccuracyLevelOpt = 4,
     keep: KeepOpt = None,
     default_keep: DefaultKeepOpt = True,
+    int8_blocks: Int8BlocksOpt = None,
     quantize_vision: VisionOpt = True,
     eval_dir: EvalOpt = None,
     calibration: CalibrationOpt = None,
@@ -61,7 +62,7 @@ def build(
     if precision != "fp32":
         from ..quantize.bundle import build_quantized
 
-        qopts = _quant_options(precision, block_size, accuracy_level, keep, quantize_vision, default_keep)
+        qopts = _quant_options(precision, block_size, accuracy_level, keep, quantize_vision, default_keep, int8_blocks)
         manifest, report = build_quantized(source, out, options, qopts, eval_dirs=eval_dir, calibration=calibration, progress=progress_factory())
         _print_quantized(out, manifest, report, as_json)
         return
@@ -78,17 +79,22 @@ def build(
 BlockSizeOpt = Annotated[int, typer.Option(help="int4: weights per quantization block (16, 32, 64, 128, 256).")]
 AccuracyLevelOpt = Annotated[int, typer.Option(help="int4: onnxruntime MatMulNBits accuracy_level: 0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8 compute (fastest on CPU).")]
 KeepOpt = Annotated[Optional[list[str]], typer.Option("--keep", help="Keep MatMuls whose site matches this pattern in float32 (fnmatch over weight names without .weight, e.g. 'lm_head', 'layers.1*'); repeatable; added to the defaults.")]
-DefaultKeepOpt = Annotated[bool, typer.Option("--default-keep/--no-default-keep", help="Keep the defaults in float32: the MoE router and the Mamba mixers' x_proj and dt_proj (docs/quantization.md).")]
+DefaultKeepOpt = Annotated[bool, typer.Option("--default-keep/--no-default-keep", help="The defaults: float32 for the MoE router and the Mamba mixers' x_proj and dt_proj (fp8 also the Mamba out_proj); int4 gives the first decoder layer 8-bit blocks (docs/quantization.md).")]
+Int8BlocksOpt = Annotated[Optional[list[str]], typer.Option("--int8-blocks", metavar="PATTERN", help="int4: give these sites (fnmatch, repeatable) 8-bit blocks instead of 4 (MatMulNBits bits=8); default: layers.0.*.", show_default=False)]
 EvalOpt = Annotated[Optional[list[Path]], typer.Option("--eval", help="Trained fixture (or its eval/ directory) to measure task accuracy on; repeatable (default: the source checkpoint's eval/ if it has one).")]
 VisionOpt = Annotated[bool, typer.Option("--quantize-vision/--no-quantize-vision", help="Also quantize the vision graph's MatMuls (multimodal bundles).")]
 CalibrationOpt = Annotated[Optional[Path], typer.Option(help="fp8: JSONL of calibration prompts (+ images), eval-set format (default: the eval set's calib.jsonl, else seeded prompts).")]
 
 
-def _quant_options(precision: str, block_size: int, accuracy_level: int, keep: list[str] | None, vision: bool = True, defaults: bool = True):
-    from ..quantize import DEFAULT_KEEP, QuantOptions
+def _quant_options(precision: str, block_size: int, accuracy_level: int, keep: list[str] | None, vision: bool = True, defaults: bool = True,
+                   int8_blocks: list[str] | None = None):  # fmt: skip
+    from ..quantize import QuantOptions, default_keep
+    from ..quantize.passes import DEFAULT_INT4_WIDE
 
-    patterns = [*(DEFAULT_KEEP if defaults else ()), *(keep or [])]
-    return QuantOptions(precision=precision, block_size=block_size, accuracy_level=accuracy_level, keep=tuple(dict.fromkeys(patterns)), quantize_vision=vision)
+    patterns = [*(default_keep(precision) if defaults else ()), *(keep or [])]
+    wide = [*(DEFAULT_INT4_WIDE if defaults and precision == "int4" else ()), *(int8_blocks or [])]
+    return QuantOptions(precision=precision, block_size=block_size, accuracy_level=accuracy_level, keep=tuple(dict.fromkeys(patterns)), quantize_vision=vision,
+                        wide=tuple(dict.fromkeys(wide)))  # fmt: skip
 
 
 def _print_quantized(out: Path, manifest, report: dict, as_json: bool) -> None:
@@ -113,6 +119,7 @@ def quantize(
     accuracy_level: AccuracyLevelOpt = 4,
     keep: KeepOpt = None,
     default_keep: DefaultKeepOpt = True,
+    int8_blocks: Int8BlocksOpt = None,
     quantize_vision: VisionOpt = True,
     eval_dir: EvalOpt = None,
     calibration: CalibrationOpt = None,
@@ -126,12 +133,12 @@ def quantize(
     """
     from ..quantize import quantize_bundle
 
-    options = _quant_options(precision, block_size, accuracy_level, keep, quantize_vision, default_keep)
+    options = _quant_options(precision, block_size, accuracy_level, keep, quantize_vision, default_keep, int8_blocks)
     manifest, report = quantize_bundle(bundle, out, options, eval_dirs=eval_dir, calibration=calibration, overwrite=overwrite, progress=progress_factory())
     _print_quantized(out, manifest, report, as_json)
 
 
-@app.command(epilog="Example:\n\n  hmexport sensitivity bundles/kv-jamba --precision int4 --eval path/to/trained-checkpoint")
+@app.command(epilog="Example:\n\n  hmexport sensitivity bundles/kv-jamba --precision int4 --eval fixtures/kv-jamba")
 def sensitivity(
     bundle: BundleArg,
     precision: Annotated[str, typer.Option(help="int8, int4 or fp8.", show_default=False)],
@@ -175,7 +182,9 @@ def run(
         print(json.dumps(result))
     else:
         print()
-        err_console.print(f"[dim]{len(result['token_ids'])} tokens; prefill {result['prefill_tok_s']:.0f} tok/s, decode {result['decode_tok_s']:.1f} tok/s[/dim]")
+        n = len(result["token_ids"])
+        decode = f", decode {result['decode_tok_s']:.1f} tok/s" if n > 1 else ""  # the first token comes from the prefill
+        err_console.print(f"[dim]{n} tokens; prefill {result['prefill_tok_s']:.0f} tok/s{decode}[/dim]")
 
 
 @app.command(epilog="Example:\n\n  hmexport inspect bundles/jamba-tiny")

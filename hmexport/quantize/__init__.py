@@ -2,6 +2,6 @@
 
 from .accuracy import THRESHOLDS
 from .bundle import quantize_bundle
-from .passes import DEFAULT_KEEP, PRECISIONS, QuantOptions
+from .passes import DEFAULT_KEEP, PRECISIONS, QuantOptions, default_keep
 
-__all__ = ["DEFAULT_KEEP", "PRECISIONS", "THRESHOLDS", "QuantOptions", "quantize_bundle"]
+__all__ = ["DEFAULT_KEEP", "PRECISIONS", "THRESHOLDS", "QuantOptions", "default_keep", "quantize_bundle"]

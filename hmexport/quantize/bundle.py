@@ -25,16 +25,32 @@ from ..bundle.weights import read_header
 from ..errors import InputError
 from .accuracy import measure, prompts_from
 from .evalset import CALIB_FILE, EvalSet, Example, load_eval_set, read_examples
-from .passes import QuantOptions, check_patterns, quantize_model, select, tied_head, untie_head, wants
+from .passes import QuantOptions, check_patterns, is_wide, quantize_model, select, tied_head, untie_head, wants
 
 ACCURACY_FILE = "accuracy.json"
 CALIBRATION_PROMPTS = (16, 64, 256)  # token counts of the seeded prompts used when no calibration file is given
 
 
 def default_eval_dirs(manifest: Manifest) -> list[Path]:
-    """The eval set shipped with the source checkpoint (the trained fixtures keep one in ``eval/``)."""
-    candidate = Path(manifest.provenance.source) / "eval"
-    return [candidate] if (candidate / "eval.jsonl").is_file() else []
+    """The eval set shipped with the source checkpoint (the trained fixtures keep one in ``eval/``), as
+    long as that checkpoint is still the one the bundle was built from: a retrained checkpoint's eval
+    set says nothing about this bundle's model."""
+    from ..errors import CheckpointError
+    from ..models.checkpoint import Checkpoint
+
+    source = Path(manifest.provenance.source)
+    candidate = source / "eval"
+    if not (candidate / "eval.jsonl").is_file():
+        return []
+    try:
+        now = Checkpoint.open(source).sha256()
+    except CheckpointError:
+        return [candidate]  # weights gone: nothing to compare, the eval set is what the source shipped
+    if now != manifest.provenance.source_sha256:
+        raise InputError(f"{source}: changed since the bundle was built (checkpoint sha256 {now[:16]}, bundle built from "
+                         f"{manifest.provenance.source_sha256[:16]}); its eval/ may not belong to this model. Rebuild the "
+                         "bundle, or pass --eval DIR to measure on that set anyway")  # fmt: skip
+    return [candidate]
 
 
 def quantize_bundle(
@@ -73,7 +89,9 @@ def quantize_bundle(
     if tied and wants("lm_head", options):
         untie_head(models["decoder"], weight_names)
     selections = {n: select(models[n], options.keep, weight_names, options.only) for n in targets}
-    check_patterns(options.keep, [s for sel in selections.values() for s in (*sel.quantize.values(), *sel.keep.values())] + (["lm_head"] if tied else []))
+    all_sites = [s for sel in selections.values() for s in (*sel.quantize.values(), *sel.keep.values())] + (["lm_head"] if tied else [])
+    check_patterns(options.keep, all_sites)
+    check_patterns(options.wide, all_sites, option="--int8-blocks")
     reference = Bundle.open(src, verify=False)
     calibrate = None
     if options.precision == "fp8":
@@ -97,7 +115,9 @@ def quantize_bundle(
             extra.append(manifest.tokenizer.file)
         summary = {
             **options.describe(),
-            "graphs": {n: {"quantized": len(s.quantize), "kept": sorted(set(s.keep.values()))} for n, s in selections.items()},
+            "graphs": {n: {"quantized": len(s.quantize), "kept": sorted(set(s.keep.values())),
+                           **({"int8_blocks": sorted({v for v in s.quantize.values() if is_wide(v, options)})} if options.precision == "int4" else {})}
+                       for n, s in selections.items()},  # fmt: skip
             "float32": "embedding, norms, conv1d, A_log, D, dt bias, SSM and conv state, attention over K/V" + ("" if options.quantize_vision else ", vision graph"),
             "source": {"bundle": str(src.resolve()), "weights_sha256": manifest.files[manifest.weights].sha256},
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

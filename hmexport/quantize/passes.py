@@ -36,6 +36,20 @@ PRECISIONS = ("int8", "int4", "fp8")
 # Measured on the trained kv-mamba fixture, int4 alone on x_proj costs 1.9 points, on dt_proj 0.6,
 # together with the rest 4.0 points; keeping both: 1.0 (docs/quantization.md). Under 1% of the weights.
 DEFAULT_KEEP = ("*.router", "layers.*.mixer.x_proj", "layers.*.mixer.dt_proj")
+# Kept on top of those by fp8: the Mamba mixers' out_proj, whose input y * silu(z) carries outliers
+# that one per-tensor activation scale cannot cover (measured on the trained fixtures, drop kv-jamba
+# 2.1 -> 0.0 points, kv-mamba 1.7 -> 0.6 when kept; docs/quantization.md).
+PRECISION_KEEP = {"int8": (), "int4": (), "fp8": ("layers.*.mixer.out_proj",)}
+# int4: sites given 8-bit blocks instead of 4 (MatMulNBits bits=8; llama.cpp's Q4_K_M mixes widths the
+# same way). Default: the first decoder layer. In 4 bits its MatMuls together cost kv-jamba 8.3 points
+# alone (count over 200-400 tokens: every later layer integrates its output), no single kind of them
+# more than 2.3; the whole model lost 8.6 points with it in 4 bits, none with it in 8.
+DEFAULT_INT4_WIDE = ("layers.0.*",)
+
+
+def default_keep(precision: str) -> tuple[str, ...]:
+    """The site patterns a precision leaves in float32 unless told otherwise (``--no-default-keep``)."""
+    return DEFAULT_KEEP + PRECISION_KEEP.get(precision, ())
 FP8_MAX = 448.0  # largest finite float8 e4m3fn
 INT4_BLOCKS = (16, 32, 64, 128, 256)
 
@@ -46,9 +60,10 @@ class QuantOptions:
     block_size: int = 32  # int4: weights per quantization block along the input dimension
     accuracy_level: int = 4  # int4: onnxruntime MatMulNBits compute type (0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8)
     symmetric: bool = True  # int4: no zero points
-    keep: tuple[str, ...] = DEFAULT_KEEP  # site patterns left in float32
+    keep: tuple[str, ...] | None = None  # site patterns left in float32 (None: default_keep(precision))
     quantize_vision: bool = True  # also quantize the vision graph's MatMuls
     only: tuple[str, ...] | None = None  # site patterns: quantize just these (the sensitivity sweep), else all not kept
+    wide: tuple[str, ...] | None = None  # int4: site patterns given 8-bit blocks (None: DEFAULT_INT4_WIDE)
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -57,11 +72,17 @@ class QuantOptions:
             raise InputError(f"--block-size: expected one of {', '.join(map(str, INT4_BLOCKS))}, got {self.block_size}")
         if self.accuracy_level not in range(5):
             raise InputError(f"--accuracy-level: expected 0..4 (onnxruntime MatMulNBits accuracy_level), got {self.accuracy_level}")
+        if self.keep is None:
+            object.__setattr__(self, "keep", default_keep(self.precision))
+        if self.wide is None:
+            object.__setattr__(self, "wide", DEFAULT_INT4_WIDE if self.precision == "int4" else ())
+        if self.wide and self.precision != "int4":
+            raise InputError(f"--int8-blocks: only for --precision int4 (got {self.precision})")
 
     def describe(self) -> dict:
         out: dict = {"precision": self.precision, "keep": list(self.keep)}
         if self.precision == "int4":
-            out |= {"block_size": self.block_size, "accuracy_level": self.accuracy_level, "symmetric": self.symmetric}
+            out |= {"block_size": self.block_size, "accuracy_level": self.accuracy_level, "symmetric": self.symmetric, "int8_blocks": list(self.wide)}
         elif self.precision == "int8":
             out |= {"weights": "int8 per output channel, symmetric", "activations": "uint8 dynamic per tensor"}
         else:
@@ -143,15 +164,15 @@ def untie_head(model: onnx.ModelProto, weights: set[str]) -> str | None:
     return name
 
 
-def check_patterns(keep: Iterable[str], sites: Iterable[str]) -> None:
-    """A ``--keep`` pattern that matches no MatMul is almost always a typo: refuse it, listing examples."""
+def check_patterns(patterns: Iterable[str], sites: Iterable[str], option: str = "--keep") -> None:
+    """A pattern that matches no MatMul is almost always a typo: refuse it, listing examples."""
     sites = sorted(set(sites))
-    for p in keep:
-        if p in DEFAULT_KEEP:
-            continue
+    for p in patterns:
+        if p in DEFAULT_KEEP or p in DEFAULT_INT4_WIDE or any(p in extra for extra in PRECISION_KEEP.values()):
+            continue  # a default: not every model has every kind
         if not any(fnmatch.fnmatchcase(s, p) for s in sites):
             sample = ", ".join(sites[:6]) + (", ..." if len(sites) > 6 else "")
-            raise InputError(f"--keep {p!r}: matches no quantizable MatMul; sites look like: {sample}")
+            raise InputError(f"{option} {p!r}: matches no quantizable MatMul; sites look like: {sample}")
 
 
 def quantize_model(model: onnx.ModelProto, sel: Selection, options: QuantOptions, calibration: Callable[[onnx.ModelProto, list[str]], dict[str, float]] | None = None) -> onnx.ModelProto:
@@ -162,7 +183,8 @@ def quantize_model(model: onnx.ModelProto, sel: Selection, options: QuantOptions
     if options.precision == "int8":
         return _int8(model, nodes)
     if options.precision == "int4":
-        return _int4(model, nodes, options)
+        wide = [n for n in nodes if is_wide(sel.quantize[n], options)]
+        return _int4(_int4(model, wide, options, bits=8), [n for n in nodes if n not in wide], options)
     if calibration is None:
         raise ValueError("fp8 needs a calibration callable (activation amax per MatMul input)")
     inputs = sorted({n.input[0] for n in model.graph.node if n.name in sel.quantize})
@@ -194,11 +216,19 @@ def _int8(model: onnx.ModelProto, nodes: list[str]) -> onnx.ModelProto:
         return toposort(onnx.load(str(out), load_external_data=True))
 
 
-def _int4(model: onnx.ModelProto, nodes: list[str], options: QuantOptions) -> onnx.ModelProto:
+def is_wide(site: str, options: QuantOptions) -> bool:
+    """int4: whether ``site`` gets 8-bit blocks."""
+    return any(fnmatch.fnmatchcase(site, p) for p in options.wide or ())
+
+
+def _int4(model: onnx.ModelProto, nodes: list[str], options: QuantOptions, bits: int = 4) -> onnx.ModelProto:
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
+    if not nodes:
+        return model
     config = DefaultWeightOnlyQuantConfig(
         block_size=options.block_size, is_symmetric=options.symmetric, accuracy_level=options.accuracy_level or None, op_types_to_quantize=("MatMul",),
+        bits=bits,
     )  # fmt: skip
     # Its nodes_to_include only adds to op_types_to_quantize, so exclude every other MatMul (subgraphs too).
     exclude = sorted({n.name for n in _all_nodes(model.graph) if n.op_type == "MatMul"} - set(nodes))

@@ -6,11 +6,12 @@ import json
 
 import numpy as np
 import onnx
+from onnx import helper
 import pytest
 
 from hmexport.bundle.weights import read_header
 from hmexport.errors import InputError, ValidationFailed
-from hmexport.quantize import DEFAULT_KEEP, QuantOptions, quantize_bundle
+from hmexport.quantize import QuantOptions, default_keep, quantize_bundle
 from hmexport.runtime import Bundle
 
 PRECISIONS = ("int8", "int4", "fp8")
@@ -59,8 +60,11 @@ def test_weights_quantized_and_float32_kept(bundles, quantized, precision):
     path, manifest, _ = quantized["jamba-moe", precision]
     _, header = read_header(path / "weights.safetensors")
     dtypes = {name: h["dtype"] for name, h in header.items()}
-    # every expert, projection and the head stored quantized; no float32 copy of them left
-    for site in ("layers.0.mixer.in_proj", "layers.0.mixer.out_proj", "layers.1.mixer.q_proj", "layers.1.mlp.experts.3.down_proj", "lm_head"):
+    # every expert, projection and the head stored quantized; no float32 copy of them left (fp8 keeps the
+    # Mamba out_proj; int4 gives layer 0 8-bit blocks)
+    sites = ["layers.0.mixer.in_proj", "layers.0.mlp.down_proj", "layers.2.mixer.in_proj", "layers.1.mixer.q_proj", "layers.1.mlp.experts.3.down_proj", "lm_head"]
+    sites += ["layers.2.mixer.out_proj"] if precision != "fp8" else []
+    for site in sites:
         q = [n for n in dtypes if n.startswith(site + ".weight") and n != site + ".weight" and dtypes[n] == STORED[precision]]
         assert q, f"{site}: no {STORED[precision]} tensor in {sorted(n for n in dtypes if n.startswith(site))}"
         assert site + ".weight" not in dtypes
@@ -71,10 +75,19 @@ def test_weights_quantized_and_float32_kept(bundles, quantized, precision):
     graph = onnx.load(str(path / "decoder.onnx"), load_external_data=False).graph
     router = [n for n in graph.node if n.name.endswith("/router")]
     assert [n.op_type for n in router] == ["MatMul", "MatMul"]
-    assert manifest.quantization["graphs"]["decoder"]["kept"] == [
-        "layers.0.mixer.dt_proj", "layers.0.mixer.x_proj", "layers.1.mlp.router", "layers.2.mixer.dt_proj", "layers.2.mixer.x_proj", "layers.3.mlp.router"]
+    kept = set(manifest.quantization["graphs"]["decoder"]["kept"])
+    base = {"layers.0.mixer.dt_proj", "layers.0.mixer.x_proj", "layers.1.mlp.router", "layers.2.mixer.dt_proj", "layers.2.mixer.x_proj", "layers.3.mlp.router"}
+    extra = {"int8": set(), "int4": set(), "fp8": {"layers.0.mixer.out_proj", "layers.2.mixer.out_proj"}}[precision]
+    assert kept == base | extra
+    for name in extra:
+        assert dtypes.get(name + ".weight") == "F32", name
     if precision == "int4":
         assert manifest.graphs["decoder"].ops == ["com.microsoft"] and manifest.quantization["block_size"] == 32
+        wide = manifest.quantization["graphs"]["decoder"]["int8_blocks"]
+        assert wide == ["layers.0.mixer.in_proj", "layers.0.mixer.out_proj", "layers.0.mlp.down_proj", "layers.0.mlp.gate_up_proj"]
+        assert all(site + ".weight_Q8" in dtypes for site in wide) and "layers.2.mixer.in_proj.weight_Q4" in dtypes
+        bits = {helper.get_attribute_value(a) for n in graph.node if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "bits"}
+        assert bits == {4, 8}
         assert sum(n.op_type == "MatMulNBits" for n in graph.node) == manifest.quantization["graphs"]["decoder"]["quantized"]
 
 
@@ -210,7 +223,7 @@ def test_tied_head_is_quantized_from_its_own_copy(bundles, quantized, tmp_path):
     assert "embed.weight" not in {t.name for t in graph.initializer}
     _, header = read_header(path / "weights.safetensors")
     assert header["embed.weight"]["dtype"] == "F32" and header["lm_head.weight_Q4"]["dtype"] == "U8"
-    kept, _ = quantize_bundle(bundles["mamba"], tmp_path / "k", QuantOptions("int4", keep=(*DEFAULT_KEEP, "lm_head")), eval_dirs=[])
+    kept, _ = quantize_bundle(bundles["mamba"], tmp_path / "k", QuantOptions("int4", keep=(*default_keep("int4"), "lm_head")), eval_dirs=[])
     graph = onnx.load(str(tmp_path / "k" / "decoder.onnx"), load_external_data=False).graph
     assert [n.op_type for n in graph.node if n.name.startswith("/lm_head/") and n.op_type in ("Gemm", "MatMul", "MatMulNBits")] == ["Gemm"]
     assert kept.quantization["graphs"]["decoder"]["quantized"] == manifest.quantization["graphs"]["decoder"]["quantized"] - 1
@@ -225,3 +238,36 @@ def test_fused_ops_bundles_quantize(fused_bundles, tmp_path, precision):
     ids = np.random.default_rng(3).integers(3, 500, 40).tolist()
     got, want = _logits(tmp_path / "q", ids), _logits(fused_bundles["jamba-moe"], ids)
     assert 0 < np.mean(np.abs(got - want)) / want.std() < LOGIT_BOUND[precision]
+
+
+def test_eval_set_of_a_retrained_checkpoint_is_refused(tmp_path):
+    """The default eval set is the source checkpoint's eval/; once that checkpoint changes it may belong to
+    another model, so quantize refuses it (an explicit --eval still measures on it)."""
+    import shutil
+    from pathlib import Path
+
+    from hmexport.export.build import BuildOptions, build
+
+    ckpt = tmp_path / "kv-mamba"
+    shutil.copytree(Path(__file__).resolve().parents[2] / "fixtures" / "kv-mamba", ckpt)
+    build(str(ckpt), tmp_path / "fp32", BuildOptions(validate=False))
+    _, report = quantize_bundle(tmp_path / "fp32", tmp_path / "a", QuantOptions("int8"), eval_limit=8)
+    assert report["eval_sets"][0]["eval_set"] == "kv-mamba"
+
+    (ckpt / "config.json").write_text((ckpt / "config.json").read_text() + "\n")  # any change to config or weights
+    with pytest.raises(InputError, match="changed since the bundle was built"):
+        quantize_bundle(tmp_path / "fp32", tmp_path / "b", QuantOptions("int8"), eval_limit=8)
+    _, report = quantize_bundle(tmp_path / "fp32", tmp_path / "c", QuantOptions("int8"), eval_dirs=[ckpt], eval_limit=8)
+    assert report["eval_sets"][0]["n"] == 8
+    assert not (tmp_path / "b").exists()
+
+
+def test_int8_blocks_option(bundles, tmp_path):
+    """--int8-blocks: a pattern that matches nothing is refused; other precisions refuse it; --no-default-keep
+    leaves every int4 site at 4 bits."""
+    with pytest.raises(InputError, match="--int8-blocks 'layers.9.*': matches no quantizable MatMul"):
+        quantize_bundle(bundles["jamba-moe"], tmp_path / "a", QuantOptions("int4", wide=("layers.9.*",)), eval_dirs=[])
+    with pytest.raises(InputError, match="only for --precision int4"):
+        QuantOptions("int8", wide=("layers.0.*",))
+    manifest, _ = quantize_bundle(bundles["jamba-moe"], tmp_path / "b", QuantOptions("int4", keep=(), wide=()), eval_dirs=[])
+    assert manifest.quantization["graphs"]["decoder"]["int8_blocks"] == [] and not (tmp_path / "a").exists()
