@@ -28,9 +28,9 @@ def _session(model):
     import onnxruntime as ort
 
     from ..kernels.cpu.build import build
+    from ..runtime.bundle import session_options
 
-    options = ort.SessionOptions()
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options = session_options()  # the runtime's threading
     options.register_custom_ops_library(str(build()))
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 

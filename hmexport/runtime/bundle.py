@@ -39,7 +39,7 @@ class Bundle:
         self.tokenizer = tokenizer
 
     @classmethod
-    def open(cls, path: str | Path, *, verify: bool = True, threads: int | None = None) -> "Bundle":
+    def open(cls, path: str | Path, *, verify: bool = True, threads: int | None = None, spin: bool = True) -> "Bundle":
         root = Path(path)
         manifest = read_manifest(root, verify=verify)
         custom_ops = _custom_op_libraries(manifest)
@@ -49,12 +49,7 @@ class Bundle:
         values = {name: ort.OrtValue.ortvalue_from_numpy(np.asarray(arr)) for name, arr in weights.items() if name not in raw}
         sessions = {}
         for name, info in manifest.graphs.items():
-            options = ort.SessionOptions()
-            if threads:
-                options.intra_op_num_threads = threads
-            # Spinning worker threads fight the calling thread on small machines: measured on 2 cores,
-            # a jamba-small decode step takes 23 ms with spinning and 12 ms without.
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            options = session_options(threads, spin)
             if manifest.precision == "fp8":
                 # onnxruntime's CPU provider has no fp8 GEMM; by default it keeps each weight's
                 # DequantizeLinear in the graph (a QDQ unit) and dequantizes every weight on every call:
@@ -90,6 +85,24 @@ class Bundle:
         if self.tokenizer is None:
             return ""
         return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def session_options(threads: int | None = None, spin: bool = True) -> ort.SessionOptions:
+    """Threading shared by every hmexport session: ``threads`` intra-op threads (None: onnxruntime's
+    default, one per physical core).
+
+    Worker threads spin between the ops of a run (a decode step is ~500 small ops: parking and waking a
+    worker around each one cost a jamba-small int4 step 3.9 ms instead of 2.9 on 2 cores) and stop
+    as soon as the run returns (``session.force_spinning_stop``), so an idle session (the embed graph
+    between decoder calls, a second bundle in the process) burns no CPU. ``spin=False`` parks them
+    between ops as well: for a process that shares its cores with other busy work.
+    """
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    options.add_session_config_entry("session.force_spinning_stop", "1")
+    return options
 
 
 def _release_resident_pages(weights: dict[str, np.ndarray]) -> None:

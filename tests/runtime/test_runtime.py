@@ -133,3 +133,14 @@ def test_chunk_shrinks_under_the_activation_budget_without_changing_tokens(jamba
     assert session.step() < 64, "a long context must shrink the chunk"
     session.state.length = 0
     assert list(session.generate(PROMPT * 20, max_new_tokens=6, stop_ids=())) == expected
+
+
+def test_threading_spins_only_inside_a_run():
+    from hmexport.runtime.bundle import session_options
+
+    spinning, parked = session_options(2), session_options(spin=False)
+    assert spinning.intra_op_num_threads == 2 and parked.intra_op_num_threads == 0
+    assert spinning.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    assert parked.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    for options in (spinning, parked):  # idle sessions never burn CPU
+        assert options.get_session_config_entry("session.force_spinning_stop") == "1"
