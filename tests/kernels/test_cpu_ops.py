@@ -97,21 +97,24 @@ def _custom_node_session(op: str, inputs: list[str], attrs: dict):
     graph = helper.make_graph([node], "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in names],
                               [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("y", "state_out")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20), helper.make_opsetid("hmexport", 1)])
-    options = ort.SessionOptions()
+    from hmexport.runtime.bundle import session_options
+
+    options = session_options(threads=2)  # the runtime's threading: items run on onnxruntime's pool
     options.register_custom_ops_library(str(build()))
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
-def test_onnxruntime_nodes_match_reference():
-    rng = np.random.default_rng(11)
-    inputs = _scan_inputs(rng, 1, 50, 40, 8, with_z=False)
+@pytest.mark.parametrize("L, Di", [(50, 40), (1, 1031), (300, 300)])  # several work items on onnxruntime's pool; a decode step
+def test_onnxruntime_nodes_match_reference(L, Di):
+    rng = np.random.default_rng(11 + L)
+    inputs = _scan_inputs(rng, 1, L, Di, 8, with_z=L == 1)
     order = ["u", "delta", "A_log", "B", "C", "D", "z", "delta_bias", "state"]
     session = _custom_node_session("SelectiveScan", [k if inputs[k] is not None else "" for k in order], {"delta_softplus": 1})
     got = session.run(None, {k: v for k, v in inputs.items() if v is not None})
     for g, w, name in zip(got, ref.selective_scan(**inputs), ("y", "state")):
         assert_close(f"ort SelectiveScan {name}", g, w, CPU_OPS_FP32)
 
-    x, weight, state = (rng.standard_normal(s).astype(np.float32) for s in ((1, 9, 40), (40, 4), (1, 3, 40)))
+    x, weight, state = (rng.standard_normal(s).astype(np.float32) for s in ((1, L, Di), (Di, 4), (1, 3, Di)))
     conv = _custom_node_session("CausalConv1d", ["x", "weight", "", "state"], {"activation": 1})
     got = conv.run(None, {"x": x, "weight": weight, "state": state})
     for g, w, name in zip(got, ref.causal_conv1d(x, weight, None, state), ("y", "state")):
@@ -123,3 +126,9 @@ def test_onnxruntime_node_rejects_bad_shapes():
     x = np.zeros((1, 5, 8), np.float32)
     with pytest.raises(Exception, match="CausalConv1d: weight must be \\(Di, W\\)"):
         session.run(None, {"x": x, "weight": np.zeros((7, 4), np.float32), "state": np.zeros((1, 3, 8), np.float32)})
+
+
+def test_conv_width_limit_is_an_error():
+    x = np.zeros((1, 4, 8), np.float32)
+    with pytest.raises(ValueError, match="W=33"):
+        cpu.causal_conv1d(x, np.zeros((8, 33), np.float32))

@@ -51,5 +51,5 @@ def causal_conv1d(x, weight, bias=None, state=None, activation=True):
     state_out = np.empty((Bt, W - 1, Di), np.float32)
     code = _lib().hmx_cpu_causal_conv1d(_ptr(x), _ptr(weight), _ptr(bias), _ptr(state), _ptr(y), _ptr(state_out), Bt, L, Di, W, int(activation))
     if code:
-        raise ValueError(f"hmx_cpu_causal_conv1d: invalid dimensions (Bt={Bt}, L={L}, Di={Di}, W={W})")
+        raise ValueError(f"hmx_cpu_causal_conv1d: invalid dimensions (Bt={Bt}, L={L}, Di={Di}, W={W}; W must be 1..32)")
     return y, state_out

@@ -43,7 +43,9 @@ enum {
     HMX_SLOT_KernelContext_GetOutput = 91,
     HMX_SLOT_ReleaseStatus = 93,
     HMX_SLOT_ReleaseTensorTypeAndShapeInfo = 99,
+    HMX_SLOT_KernelContext_ParallelFor = 274, /* since API 17 (onnxruntime 1.17) */
 };
+#define HMX_ORT_PARALLEL_FOR_VERSION 17
 
 typedef struct OrtApiBase {
     const OrtApi* (*GetApi)(uint32_t version);
@@ -89,6 +91,7 @@ typedef OrtStatus* (*hmx_KernelInfoGetAttribute_int64)(const OrtKernelInfo* info
 typedef OrtStatus* (*hmx_KernelContext_GetInputCount)(const OrtKernelContext* ctx, size_t* out);
 typedef OrtStatus* (*hmx_KernelContext_GetInput)(const OrtKernelContext* ctx, size_t index, const OrtValue** out);
 typedef OrtStatus* (*hmx_KernelContext_GetOutput)(OrtKernelContext* ctx, size_t index, const int64_t* dims, size_t n, OrtValue** out);
+typedef OrtStatus* (*hmx_KernelContext_ParallelFor)(const OrtKernelContext* ctx, void (*fn)(void*, size_t), size_t total, size_t num_batch, void* data);
 typedef void (*hmx_ReleaseStatus)(OrtStatus* status);
 typedef void (*hmx_ReleaseTensorTypeAndShapeInfo)(OrtTensorTypeAndShapeInfo* info);
 #endif
