@@ -1,6 +1,6 @@
 """Per-op benchmark of the selective scan and the causal conv on the CPU, on one layer's shapes:
 hmexport's fused C op (as an onnxruntime node), the standard-ONNX form the default bundles use
-(Scan / grouped Conv), and transformers' PyTorch reference (its time loop).
+(an ONNX Scan), and transformers' PyTorch reference (its time loop).
 
     python -m hmexport.bench.ops [--L 256] [--Di 1024] [--N 16] [--json]
 """

@@ -60,6 +60,8 @@ def build_decoder(spec: ModelSpec, weights: dict[str, np.ndarray], ops: str = "s
     state_out: dict[str, tuple[str, list]] = {}
     with g.scope("one_step"):  # L == 1: decode-step branches in the Mamba layers
         one_step = g.op("Equal", [g.op("Gather", [g.op("Shape", [x]), g.const(1)], axis=0), g.const(1)])
+    has_conv = ops == "standard" and any(layer.mixer == "mamba" for layer in spec.layers)
+    conv_index = nn.conv_rows(g, x, spec.mamba.d_conv) if has_conv else ""
     for i, layer in enumerate(spec.layers):
         p = f"layers.{i}"
         with g.scope(p):
@@ -67,7 +69,7 @@ def build_decoder(spec: ModelSpec, weights: dict[str, np.ndarray], ops: str = "s
             with g.scope("mixer"):
                 if layer.mixer == "mamba":
                     y, conv, ssm = nn.mamba_mixer(g, h, weights, f"{p}.mixer", spec.mamba, spec.norm_eps, state_in[f"conv_state.{i}"], state_in[f"ssm_state.{i}"],
-                                                   one_step, fused=ops == "fused")
+                                                   one_step, conv_index, fused=ops == "fused")
                     shapes = state_shapes(spec, i)
                     state_out[f"conv_state_out.{i}"] = (conv, shapes[f"conv_state.{i}"])
                     state_out[f"ssm_state_out.{i}"] = (ssm, shapes[f"ssm_state.{i}"])
