@@ -79,7 +79,7 @@ def build(
 BlockSizeOpt = Annotated[int, typer.Option(help="int4: weights per quantization block (16, 32, 64, 128, 256).")]
 AccuracyLevelOpt = Annotated[int, typer.Option(help="int4: onnxruntime MatMulNBits accuracy_level: 0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8 compute (fastest on CPU).")]
 KeepOpt = Annotated[Optional[list[str]], typer.Option("--keep", help="Keep MatMuls whose site matches this pattern in float32 (fnmatch over weight names without .weight, e.g. 'lm_head', 'layers.1*'); repeatable; added to the defaults.")]
-DefaultKeepOpt = Annotated[bool, typer.Option("--default-keep/--no-default-keep", help="The defaults: float32 for the MoE router and the Mamba mixers' x_proj and dt_proj (fp8 also the Mamba out_proj); int4 gives the first decoder layer 8-bit blocks (docs/quantization.md).")]
+DefaultKeepOpt = Annotated[bool, typer.Option("--default-keep/--no-default-keep", help="The defaults: float32 for the MoE router; int8 and fp8 also keep the Mamba mixers' x_proj and dt_proj (fp8 also their out_proj); int4 gives the first decoder layer and the x_proj / dt_proj 8-bit blocks (docs/quantization.md).")]
 Int8BlocksOpt = Annotated[Optional[list[str]], typer.Option("--int8-blocks", metavar="PATTERN", help="int4: give these sites (fnmatch, repeatable) 8-bit blocks instead of 4 (MatMulNBits bits=8); default: layers.0.*.", show_default=False)]
 EvalOpt = Annotated[Optional[list[Path]], typer.Option("--eval", help="Trained fixture (or its eval/ directory) to measure task accuracy on; repeatable (default: the source checkpoint's eval/ if it has one).")]
 VisionOpt = Annotated[bool, typer.Option("--quantize-vision/--no-quantize-vision", help="Also quantize the vision graph's MatMuls (multimodal bundles).")]

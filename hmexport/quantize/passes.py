@@ -31,25 +31,30 @@ from onnx import TensorProto, helper, numpy_helper
 from ..errors import InputError
 
 PRECISIONS = ("int8", "int4", "fp8")
-# The MoE router, and the Mamba mixers' selective-parameter projections (x_proj makes dt, B and C;
-# dt_proj makes the step size): errors there act through exp(dt * A) on every later step of the scan.
-# Measured on the trained kv-mamba fixture, int4 alone on x_proj costs 1.9 points, on dt_proj 0.6,
-# together with the rest 4.0 points; keeping both: 1.0 (docs/quantization.md). Under 1% of the weights.
-DEFAULT_KEEP = ("*.router", "layers.*.mixer.x_proj", "layers.*.mixer.dt_proj")
-# Kept on top of those by fp8: the Mamba mixers' out_proj, whose input y * silu(z) carries outliers
-# that one per-tensor activation scale cannot cover (measured on the trained fixtures, drop kv-jamba
+# The MoE router: a rounding error there changes which experts a token visits.
+DEFAULT_KEEP = ("*.router",)
+# The Mamba mixers' selective-parameter projections (x_proj makes dt, B and C; dt_proj makes the step
+# size): errors there act through exp(dt * A) on every later step of the scan. Measured on an earlier
+# kv-mamba fixture, int4 alone on x_proj cost 1.9 points, on dt_proj 0.6. int8 and fp8 (one activation
+# scale per tensor) keep them float32; int4 gives them 8-bit blocks (DEFAULT_INT4_WIDE): task accuracy
+# on all three committed fixtures equal to keeping them float32, at a quarter of the bytes.
+SELECTIVE = ("layers.*.mixer.x_proj", "layers.*.mixer.dt_proj")
+# Kept by fp8 also: the Mamba mixers' out_proj, whose input y * silu(z) carries outliers that one
+# per-tensor activation scale cannot cover (measured on the trained fixtures, drop kv-jamba
 # 2.1 -> 0.0 points, kv-mamba 1.7 -> 0.6 when kept; docs/quantization.md).
-PRECISION_KEEP = {"int8": (), "int4": (), "fp8": ("layers.*.mixer.out_proj",)}
+PRECISION_KEEP = {"int8": SELECTIVE, "int4": (), "fp8": SELECTIVE + ("layers.*.mixer.out_proj",)}
 # int4: sites given 8-bit blocks instead of 4 (MatMulNBits bits=8; llama.cpp's Q4_K_M mixes widths the
-# same way). Default: the first decoder layer. In 4 bits its MatMuls together cost kv-jamba 8.3 points
-# alone (count over 200-400 tokens: every later layer integrates its output), no single kind of them
-# more than 2.3; the whole model lost 8.6 points with it in 4 bits, none with it in 8.
-DEFAULT_INT4_WIDE = ("layers.0.*",)
+# same way). The first decoder layer: in 4 bits its MatMuls together cost kv-jamba 8.3 points alone
+# (count over 200-400 tokens: every later layer integrates its output), no single kind of them more
+# than 2.3; the whole model lost 8.6 points with it in 4 bits, none with it in 8. And SELECTIVE.
+DEFAULT_INT4_WIDE = ("layers.0.*",) + SELECTIVE
 
 
 def default_keep(precision: str) -> tuple[str, ...]:
     """The site patterns a precision leaves in float32 unless told otherwise (``--no-default-keep``)."""
     return DEFAULT_KEEP + PRECISION_KEEP.get(precision, ())
+
+
 FP8_MAX = 448.0  # largest finite float8 e4m3fn
 INT4_BLOCKS = (16, 32, 64, 128, 256)
 

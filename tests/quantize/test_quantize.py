@@ -68,23 +68,26 @@ def test_weights_quantized_and_float32_kept(bundles, quantized, precision):
         q = [n for n in dtypes if n.startswith(site + ".weight") and n != site + ".weight" and dtypes[n] == STORED[precision]]
         assert q, f"{site}: no {STORED[precision]} tensor in {sorted(n for n in dtypes if n.startswith(site))}"
         assert site + ".weight" not in dtypes
-    # float32 by default: embedding, norms, conv, A_log, D, dt bias, router
+    # float32 by default: embedding, norms, conv, A_log, D, dt bias, router; x_proj and dt_proj but in int4 (8-bit blocks)
+    selective = ("layers.0.mixer.x_proj.weight", "layers.2.mixer.dt_proj.weight")
     for name in ("embed.weight", "layers.0.mixer.A_log", "layers.0.mixer.D", "layers.0.mixer.conv1d.weight", "layers.0.mixer.dt_proj.bias", "layers.1.mlp.router.weight",
-                 "layers.0.mixer.x_proj.weight", "layers.2.mixer.dt_proj.weight"):
+                 *(selective if precision != "int4" else ())):
         assert dtypes.get(name) == "F32", f"{name}: {dtypes.get(name)}"
     graph = onnx.load(str(path / "decoder.onnx"), load_external_data=False).graph
     router = [n for n in graph.node if n.name.endswith("/router")]
     assert [n.op_type for n in router] == ["MatMul", "MatMul"]
     kept = set(manifest.quantization["graphs"]["decoder"]["kept"])
-    base = {"layers.0.mixer.dt_proj", "layers.0.mixer.x_proj", "layers.1.mlp.router", "layers.2.mixer.dt_proj", "layers.2.mixer.x_proj", "layers.3.mlp.router"}
-    extra = {"int8": set(), "int4": set(), "fp8": {"layers.0.mixer.out_proj", "layers.2.mixer.out_proj"}}[precision]
-    assert kept == base | extra
+    routers = {"layers.1.mlp.router", "layers.3.mlp.router"}
+    selective = {"layers.0.mixer.dt_proj", "layers.0.mixer.x_proj", "layers.2.mixer.dt_proj", "layers.2.mixer.x_proj"}
+    extra = {"int8": selective, "int4": set(), "fp8": selective | {"layers.0.mixer.out_proj", "layers.2.mixer.out_proj"}}[precision]
+    assert kept == routers | extra
     for name in extra:
         assert dtypes.get(name + ".weight") == "F32", name
     if precision == "int4":
         assert manifest.graphs["decoder"].ops == ["com.microsoft"] and manifest.quantization["block_size"] == 32
         wide = manifest.quantization["graphs"]["decoder"]["int8_blocks"]
-        assert wide == ["layers.0.mixer.in_proj", "layers.0.mixer.out_proj", "layers.0.mlp.down_proj", "layers.0.mlp.gate_up_proj"]
+        assert wide == ["layers.0.mixer.dt_proj", "layers.0.mixer.in_proj", "layers.0.mixer.out_proj", "layers.0.mixer.x_proj", "layers.0.mlp.down_proj",
+                        "layers.0.mlp.gate_up_proj", "layers.2.mixer.dt_proj", "layers.2.mixer.x_proj"]
         assert all(site + ".weight_Q8" in dtypes for site in wide) and "layers.2.mixer.in_proj.weight_Q4" in dtypes
         bits = {helper.get_attribute_value(a) for n in graph.node if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "bits"}
         assert bits == {4, 8}
