@@ -87,7 +87,7 @@ def weight_bytes(bundle_dir: str | Path, manifest: Manifest) -> dict[str, int]:
     """
     _, header = read_header(Path(bundle_dir) / manifest.weights)
     layers = manifest.model["layers"]
-    tied = bool(manifest.model.get("tie_word_embeddings")) and "lm_head.weight" not in header
+    tied = bool(manifest.model.get("tie_word_embeddings")) and not any(n.startswith("lm_head.weight") for n in header)  # int4: lm_head.weight_Q4
     total = active = 0
     experts: dict[int, int] = {}  # layer -> bytes of all its experts
     for name, h in header.items():
@@ -95,8 +95,8 @@ def weight_bytes(bundle_dir: str | Path, manifest: Manifest) -> dict[str, int]:
         size = hi - lo
         total += size
         parts = name.split(".")
-        if name == "embed.weight" and not tied:
-            active += size // h["shape"][0]  # one row of (V, D)
+        if name.startswith("embed.weight") and not tied:  # the table, or int4's blocks and scales
+            active += size // h["shape"][0]  # one row of (V, ...)
         elif len(parts) > 3 and parts[0] == "layers" and parts[2:4] == ["mlp", "experts"]:
             experts[int(parts[1])] = experts.get(int(parts[1]), 0) + size
         else:

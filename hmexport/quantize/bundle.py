@@ -25,7 +25,7 @@ from ..bundle.weights import read_header
 from ..errors import InputError
 from .accuracy import measure, prompts_from
 from .evalset import CALIB_FILE, EvalSet, Example, load_eval_set, read_examples
-from .passes import QuantOptions, check_patterns, is_wide, quantize_model, select, tied_head, untie_head, wants
+from .passes import EMBED_SITE, QuantOptions, check_patterns, is_wide, quantize_embedding, quantize_model, reads, select, tied_head, untie_head, wants
 
 ACCURACY_FILE = "accuracy.json"
 CALIBRATION_PROMPTS = (16, 64, 256)  # token counts of the seeded prompts used when no calibration file is given
@@ -90,8 +90,13 @@ def quantize_bundle(
         untie_head(models["decoder"], weight_names)
     selections = {n: select(models[n], options.keep, weight_names, options.only) for n in targets}
     all_sites = [s for sel in selections.values() for s in (*sel.quantize.values(), *sel.keep.values())] + (["lm_head"] if tied else [])
-    check_patterns(options.keep, all_sites)
     check_patterns(options.wide, all_sites, option="--int8-blocks")
+    check_patterns(options.keep, all_sites + ([EMBED_SITE] if options.precision == "int4" else []))
+    # int4 also stores the embedding table in 4-bit blocks, unless kept, or still read by another graph
+    # (a tied head left float32 by --keep lm_head)
+    embed_quantized = (options.precision == "int4" and "embed" in models and wants(EMBED_SITE, options)
+                       and not any(reads(models[n], "embed.weight") for n in models if n != "embed")
+                       and quantize_embedding(models["embed"], options.block_size))  # fmt: skip
     reference = Bundle.open(src, verify=False)
     calibrate = None
     if options.precision == "fp8":
@@ -118,7 +123,9 @@ def quantize_bundle(
             "graphs": {n: {"quantized": len(s.quantize), "kept": sorted(set(s.keep.values())),
                            **({"int8_blocks": sorted({v for v in s.quantize.values() if is_wide(v, options)})} if options.precision == "int4" else {})}
                        for n, s in selections.items()},  # fmt: skip
-            "float32": "embedding, norms, conv1d, A_log, D, dt bias, SSM and conv state, attention over K/V" + ("" if options.quantize_vision else ", vision graph"),
+            "embedding": f"int4 blocks of {options.block_size} (GatherBlockQuantized)" if embed_quantized else "float32",
+            "float32": ("" if embed_quantized else "embedding, ") + "norms, conv1d, A_log, D, dt bias, SSM and conv state, attention over K/V"
+                       + ("" if options.quantize_vision else ", vision graph"),  # fmt: skip
             "source": {"bundle": str(src.resolve()), "weights_sha256": manifest.files[manifest.weights].sha256},
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "tool_version": __version__,

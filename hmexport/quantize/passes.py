@@ -162,11 +162,50 @@ def untie_head(model: onnx.ModelProto, weights: set[str]) -> str | None:
     node.op_type, node.input[1], node.name = "MatMul", name, "/lm_head/matmul"
     del node.attribute[:]
     weights.add(name)
-    if not any(table_name in (*n.input, *subgraph_inputs(n)) for n in model.graph.node):  # the embed graph still has its own reference
+    if not reads(model, table_name):  # the embed graph still has its own reference
         keep = [t for t in model.graph.initializer if t.name != table_name]
         del model.graph.initializer[:]
         model.graph.initializer.extend(keep)
     return name
+
+
+EMBED_SITE = "embed"  # the embedding table's site (``embed.weight``): int4 stores it in 4-bit blocks too
+
+
+def reads(model: onnx.ModelProto, name: str) -> bool:
+    """Whether any node of ``model`` (or a subgraph of one) takes ``name`` as an input."""
+    return any(name in (*n.input, *subgraph_inputs(n)) for n in model.graph.node)
+
+
+def quantize_embedding(model: onnx.ModelProto, block_size: int, table: str = "embed.weight") -> bool:
+    """int4: the embed graph's ``Gather`` over the float32 table becomes ``com.microsoft::GatherBlockQuantized``
+    over 4-bit blocks along the hidden dimension: symmetric, q in -8..7 stored +8 two to a byte (low
+    nibble first, MatMulNBits' convention), one float32 scale = amax / 7 per block. A lookup reads one
+    row, so this saves size (the table is ~30% of an int4 jamba-small bundle), not time. Returns False,
+    the model unchanged, when the hidden size is not a multiple of the block."""
+    node = next((n for n in model.graph.node if n.op_type == "Gather" and n.input[0] == table), None)
+    init = next((t for t in model.graph.initializer if t.name == table), None)
+    if node is None or init is None:
+        return False
+    w = numpy_helper.to_array(init)
+    V, D = w.shape
+    if D % block_size or D % 2:
+        return False
+    blocks = w.reshape(V, D // block_size, block_size)
+    amax = np.abs(blocks).max(axis=-1)
+    scale = np.where(amax > 0, amax / 7.0, 1.0).astype(np.float32)
+    q = (np.clip(np.rint(blocks / scale[..., None]), -8, 7).astype(np.int16) + 8).reshape(V, D)
+    packed = (q[:, 0::2] | (q[:, 1::2] << 4)).astype(np.uint8)  # (V, D / 2)
+    keep = [t for t in model.graph.initializer if t.name != table]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep + [numpy_helper.from_array(packed, f"{table}_Q4"), numpy_helper.from_array(scale, f"{table}_scales")])
+    new = helper.make_node("GatherBlockQuantized", [f"{table}_Q4", node.input[1], f"{table}_scales"], list(node.output), name=node.name,
+                           domain="com.microsoft", gather_axis=0, quantize_axis=1, block_size=block_size, bits=4)  # fmt: skip
+    model.graph.node.insert(list(model.graph.node).index(node), new)
+    model.graph.node.remove(node)
+    if not any(op.domain == "com.microsoft" for op in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    return True
 
 
 def check_patterns(patterns: Iterable[str], sites: Iterable[str], option: str = "--keep") -> None:

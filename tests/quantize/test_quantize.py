@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -68,11 +69,17 @@ def test_weights_quantized_and_float32_kept(bundles, quantized, precision):
         q = [n for n in dtypes if n.startswith(site + ".weight") and n != site + ".weight" and dtypes[n] == STORED[precision]]
         assert q, f"{site}: no {STORED[precision]} tensor in {sorted(n for n in dtypes if n.startswith(site))}"
         assert site + ".weight" not in dtypes
-    # float32 by default: embedding, norms, conv, A_log, D, dt bias, router; x_proj and dt_proj but in int4 (8-bit blocks)
-    selective = ("layers.0.mixer.x_proj.weight", "layers.2.mixer.dt_proj.weight")
-    for name in ("embed.weight", "layers.0.mixer.A_log", "layers.0.mixer.D", "layers.0.mixer.conv1d.weight", "layers.0.mixer.dt_proj.bias", "layers.1.mlp.router.weight",
+    # float32 by default: norms, conv, A_log, D, dt bias, router; the embedding, x_proj and dt_proj but in int4
+    selective = ("embed.weight", "layers.0.mixer.x_proj.weight", "layers.2.mixer.dt_proj.weight")
+    for name in ("layers.0.mixer.A_log", "layers.0.mixer.D", "layers.0.mixer.conv1d.weight", "layers.0.mixer.dt_proj.bias", "layers.1.mlp.router.weight",
                  *(selective if precision != "int4" else ())):
         assert dtypes.get(name) == "F32", f"{name}: {dtypes.get(name)}"
+    embed_ops = [n.op_type for n in onnx.load(str(path / "embed.onnx"), load_external_data=False).graph.node]
+    if precision == "int4":  # the table in 4-bit blocks, read by the lookup
+        assert "embed.weight" not in dtypes and dtypes["embed.weight_Q4"] == "U8" and embed_ops[0] == "GatherBlockQuantized"
+        assert manifest.quantization["embedding"].startswith("int4") and manifest.graphs["embed"].ops == ["com.microsoft"]
+    else:
+        assert embed_ops[0] == "Gather" and manifest.quantization["embedding"] == "float32"
     graph = onnx.load(str(path / "decoder.onnx"), load_external_data=False).graph
     router = [n for n in graph.node if n.name.endswith("/router")]
     assert [n.op_type for n in router] == ["MatMul", "MatMul"]
@@ -219,17 +226,18 @@ def test_sensitivity_sweep_covers_every_group(bundles, tmp_path):
 
 def test_tied_head_is_quantized_from_its_own_copy(bundles, quantized, tmp_path):
     """Mamba's head reads the embedding table (Gemm transB=1): quantized as a MatMul over a transposed copy;
-    the embedding lookup keeps the float32 table; --keep lm_head leaves the tie alone."""
+    the embedding lookup gets its own 4-bit table; --keep lm_head leaves the tie alone, and so the table float32."""
     path, manifest, _ = quantized["mamba", "int4"]
     graph = onnx.load(str(path / "decoder.onnx"), load_external_data=False).graph
     assert [n.op_type for n in graph.node if n.name.startswith("/lm_head/") and n.op_type in ("Gemm", "MatMul", "MatMulNBits")] == ["MatMulNBits"]
     assert "embed.weight" not in {t.name for t in graph.initializer}
     _, header = read_header(path / "weights.safetensors")
-    assert header["embed.weight"]["dtype"] == "F32" and header["lm_head.weight_Q4"]["dtype"] == "U8"
+    assert header["embed.weight_Q4"]["dtype"] == "U8" and header["lm_head.weight_Q4"]["dtype"] == "U8" and "embed.weight" not in header
     kept, _ = quantize_bundle(bundles["mamba"], tmp_path / "k", QuantOptions("int4", keep=(*default_keep("int4"), "lm_head")), eval_dirs=[])
     graph = onnx.load(str(tmp_path / "k" / "decoder.onnx"), load_external_data=False).graph
     assert [n.op_type for n in graph.node if n.name.startswith("/lm_head/") and n.op_type in ("Gemm", "MatMul", "MatMulNBits")] == ["Gemm"]
     assert kept.quantization["graphs"]["decoder"]["quantized"] == manifest.quantization["graphs"]["decoder"]["quantized"] - 1
+    assert kept.quantization["embedding"] == "float32"  # the decoder's head still reads the float32 table
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)
@@ -274,3 +282,28 @@ def test_int8_blocks_option(bundles, tmp_path):
         QuantOptions("int8", wide=("layers.0.*",))
     manifest, _ = quantize_bundle(bundles["jamba-moe"], tmp_path / "b", QuantOptions("int4", keep=(), wide=()), eval_dirs=[])
     assert manifest.quantization["graphs"]["decoder"]["int8_blocks"] == [] and not (tmp_path / "a").exists()
+
+
+def test_int4_embedding_lookup_matches_its_blocks(bundles, tmp_path):
+    """The 4-bit table dequantizes to within half a step of every float32 row; --keep embed leaves it float32."""
+    from hmexport.bundle.weights import load_safetensors
+
+    src = bundles["jamba-moe"]
+    fp32 = Bundle.open(src).session().embed(np.arange(64))
+    quantize_bundle(src, tmp_path / "q", QuantOptions("int4"), eval_dirs=[])
+    q = Bundle.open(tmp_path / "q").session().embed(np.arange(64))
+    table = load_safetensors(Path(src) / "weights.safetensors")["embed.weight"][:64]
+    step = np.abs(table.reshape(64, -1, 32)).max(-1) / 7  # one scale per block of 32
+    assert np.all(np.abs(q[0] - fp32[0]).reshape(64, -1, 32) <= step[..., None] / 2 + 1e-6)
+    assert not np.array_equal(q, fp32)
+    from hmexport.bench.memory import weight_bytes
+    from hmexport.bundle.io import read_manifest
+
+    _, header = read_header(tmp_path / "q" / "weights.safetensors")
+    table = sum(header[n]["data_offsets"][1] - header[n]["data_offsets"][0] for n in ("embed.weight_Q4", "embed.weight_scales"))
+    all_but_table = weight_bytes(tmp_path / "q", read_manifest(tmp_path / "q"))["all"] - table
+    rows = header["embed.weight_Q4"]["shape"][0]
+    assert weight_bytes(tmp_path / "q", read_manifest(tmp_path / "q"))["active"] < all_but_table + 2 * table // rows + 1  # one row of blocks, not the table
+    manifest, _ = quantize_bundle(src, tmp_path / "k", QuantOptions("int4", keep=("*.router", "embed")), eval_dirs=[])
+    assert manifest.quantization["embedding"] == "float32"
+    assert read_header(tmp_path / "k" / "weights.safetensors")[1]["embed.weight"]["dtype"] == "F32"
