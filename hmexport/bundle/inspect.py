@@ -69,7 +69,8 @@ def render(info: dict[str, Any]) -> str:
     q = info.get("quantization")
     if q:
         graphs = ", ".join(f"{g} {v['quantized']} MatMuls" + (f" (kept float32: {', '.join(v['kept'])})" if v["kept"] else "") for g, v in q["graphs"].items())
-        lines.append(f"quantized  {q['precision']}" + (f", block {q['block_size']}, accuracy_level {q['accuracy_level']}" if "block_size" in q else "") + f": {graphs}")
+        lines.append(f"quantized  {q['precision']}" + (f", block {q['block_size']}, accuracy_level {q['accuracy_level']}" if "block_size" in q else "") + f": {graphs}"
+                     + (f"; embedding {q['embedding']}" if "embedding" in q else ""))  # fmt: skip
         acc = q.get("accuracy") or {}
         sets = "; ".join(f"{name} {v['fp32']:.1f}% -> {v['quantized']:.1f}%" for name, v in acc.get("eval_sets", {}).items()) or "no eval set"
         verdict = {True: "passed", False: "FAILED", None: "not judged"}[acc.get("passed")]

@@ -92,4 +92,4 @@ def test_cli_quantize_and_validate(bundles, tmp_path):
     r = _cli("quantize", str(bundles["jamba-dense"]), "--precision", "int5", "--out", str(tmp_path / "x"))
     assert r.returncode == 2 and "--precision: expected one of int8, int4, fp8, got 'int5'" in r.stderr
     r = _cli("inspect", str(out))
-    assert r.returncode == 0 and "int8" in r.stdout
+    assert r.returncode == 0 and "int8" in r.stdout and "embedding float32" in r.stdout
