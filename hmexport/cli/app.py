@@ -89,10 +89,10 @@ CalibrationOpt = Annotated[Optional[Path], typer.Option(help="fp8: JSONL of cali
 def _quant_options(precision: str, block_size: int, accuracy_level: int, keep: list[str] | None, vision: bool = True, defaults: bool = True,
                    int8_blocks: list[str] | None = None):  # fmt: skip
     from ..quantize import QuantOptions, default_keep
-    from ..quantize.passes import DEFAULT_INT4_WIDE
+    from ..quantize.passes import default_wide
 
     patterns = [*(default_keep(precision) if defaults else ()), *(keep or [])]
-    wide = [*(DEFAULT_INT4_WIDE if defaults and precision == "int4" else ()), *(int8_blocks or [])]
+    wide = [*(default_wide(precision) if defaults else ()), *(int8_blocks or [])]
     return QuantOptions(precision=precision, block_size=block_size, accuracy_level=accuracy_level, keep=tuple(dict.fromkeys(patterns)), quantize_vision=vision,
                         wide=tuple(dict.fromkeys(wide)))  # fmt: skip
 

@@ -59,9 +59,10 @@ def build_decoder(spec: ModelSpec, weights: dict[str, np.ndarray], ops: str = "s
             state_in[name] = g.input(name, F32, shape)
     state_out: dict[str, tuple[str, list]] = {}
     with g.scope("one_step"):  # L == 1: decode-step branches in the Mamba layers
-        one_step = g.op("Equal", [g.op("Gather", [g.op("Shape", [x]), g.const(1)], axis=0), g.const(1)])
+        steps = g.op("Gather", [g.op("Shape", [x]), g.const(1)], axis=0)  # L, the chunk length
+        one_step = g.op("Equal", [steps, g.const(1)])
     has_conv = ops == "standard" and any(layer.mixer == "mamba" for layer in spec.layers)
-    conv_index = nn.conv_rows(g, x, spec.mamba.d_conv) if has_conv else ""
+    conv_index = nn.conv_rows(g, steps, spec.mamba.d_conv) if has_conv else ""
     for i, layer in enumerate(spec.layers):
         p = f"layers.{i}"
         with g.scope(p):

@@ -132,11 +132,10 @@ def attention(g: Graph, h: str, w: dict[str, np.ndarray], p: str, a: AttentionSp
     return linear(g, ctx, w, f"{p}.o_proj"), new_k, new_v
 
 
-def conv_rows(g: Graph, x: str, W: int) -> str:
+def conv_rows(g: Graph, L: str, W: int) -> str:
     """(L, W) int64 indices into a conv window (B, W-1+L, Di): row t holds t..t+W-1. Made once per graph
-    from the chunk length of ``x`` (B, L, D) and shared by every Mamba layer's conv."""
+    from the chunk length ``L`` (an int64 scalar) and shared by every Mamba layer's conv."""
     with g.scope("conv_rows"):
-        L = g.op("Gather", [g.op("Shape", [x]), g.const(1)], axis=0)
         t = g.op("Unsqueeze", [g.op("Range", [g.const(0), L, g.const(1)]), g.const([1])])  # (L, 1)
         return g.op("Add", [t, g.const(np.arange(W, dtype=np.int64)[None, :])])  # (L, W)
 

@@ -55,6 +55,11 @@ def default_keep(precision: str) -> tuple[str, ...]:
     return DEFAULT_KEEP + PRECISION_KEEP.get(precision, ())
 
 
+def default_wide(precision: str) -> tuple[str, ...]:
+    """The site patterns a precision gives 8-bit blocks unless told otherwise (int4 only)."""
+    return DEFAULT_INT4_WIDE if precision == "int4" else ()
+
+
 FP8_MAX = 448.0  # largest finite float8 e4m3fn
 INT4_BLOCKS = (16, 32, 64, 128, 256)
 
@@ -80,7 +85,7 @@ class QuantOptions:
         if self.keep is None:
             object.__setattr__(self, "keep", default_keep(self.precision))
         if self.wide is None:
-            object.__setattr__(self, "wide", DEFAULT_INT4_WIDE if self.precision == "int4" else ())
+            object.__setattr__(self, "wide", default_wide(self.precision))
         if self.wide and self.precision != "int4":
             raise InputError(f"--int8-blocks: only for --precision int4 (got {self.precision})")
 

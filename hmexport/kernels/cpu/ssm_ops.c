@@ -2,7 +2,6 @@
 #include "ssm_ops.h"
 
 #include <math.h>
-#include <stdlib.h>
 #include <string.h>
 
 /* exp(x) for x in [-87, 88]: Cody-Waite reduction to r in [-ln2/2, ln2/2], a degree-6
@@ -115,29 +114,21 @@ static void scan_step(const hmx_scan_args* a, int64_t b, int64_t d0, int64_t nd)
 }
 
 static int64_t scan_tile(const hmx_scan_args* a) { return a->L == 1 ? HMX_STEP_TILE : HMX_LANES; }
+static int64_t tiles(int64_t Di, int64_t tile) { return (Di + tile - 1) / tile; }
 
 int hmx_scan_check(const hmx_scan_args* a) {
     return (a->N < 1 || a->N > HMX_MAX_STATE || a->Di < 1 || a->L < 0 || a->Bt < 0) ? 1 : 0;
 }
 
-int64_t hmx_scan_items(const hmx_scan_args* a) {
-    int64_t t = scan_tile(a);
-    return a->Bt * ((a->Di + t - 1) / t);
-}
+int64_t hmx_scan_items(const hmx_scan_args* a) { return a->Bt * tiles(a->Di, scan_tile(a)); }
 
 void hmx_scan_item(const hmx_scan_args* a, int64_t i) {
-    int64_t t = scan_tile(a), tiles = (a->Di + t - 1) / t;
-    int64_t b = i / tiles, d0 = (i % tiles) * t, nd = a->Di - d0 < t ? a->Di - d0 : t;
+    int64_t t = scan_tile(a), n_tiles = tiles(a->Di, t);
+    int64_t b = i / n_tiles, d0 = (i % n_tiles) * t, nd = a->Di - d0 < t ? a->Di - d0 : t;
     if (a->L == 1)
         scan_step(a, b, d0, nd);
-    else if (a->L > 1)
+    else /* L == 0 too: no steps, the state passes through */
         scan_block(a, b, d0, nd);
-    else /* L == 0: the state passes through */
-        for (int64_t c = 0; c < nd; ++c)
-            for (int64_t n = 0; n < a->N; ++n) {
-                int64_t at = (b * a->Di + d0 + c) * a->N + n;
-                a->state_out[at] = a->state_in ? a->state_in[at] : 0.0f;
-            }
 }
 
 int hmx_cpu_selective_scan(const float* u, const float* delta, const float* A_log, const float* B, const float* C,
@@ -189,11 +180,11 @@ int hmx_conv_check(const hmx_conv_args* a) {
     return (a->W < 1 || a->W > HMX_CONV_MAX_W || a->Di < 1 || a->L < 0 || a->Bt < 0) ? 1 : 0;
 }
 
-int64_t hmx_conv_items(const hmx_conv_args* a) { return a->Bt * ((a->Di + HMX_CONV_TILE - 1) / HMX_CONV_TILE); }
+int64_t hmx_conv_items(const hmx_conv_args* a) { return a->Bt * tiles(a->Di, HMX_CONV_TILE); }
 
 void hmx_conv_item(const hmx_conv_args* a, int64_t i) {
-    int64_t tiles = (a->Di + HMX_CONV_TILE - 1) / HMX_CONV_TILE, d0 = (i % tiles) * HMX_CONV_TILE;
-    conv_tile(a, i / tiles, d0, a->Di - d0 < HMX_CONV_TILE ? a->Di - d0 : HMX_CONV_TILE);
+    int64_t n_tiles = tiles(a->Di, HMX_CONV_TILE), d0 = (i % n_tiles) * HMX_CONV_TILE;
+    conv_tile(a, i / n_tiles, d0, a->Di - d0 < HMX_CONV_TILE ? a->Di - d0 : HMX_CONV_TILE);
 }
 
 int hmx_cpu_causal_conv1d(const float* x, const float* weight, const float* bias, const float* state_in,
